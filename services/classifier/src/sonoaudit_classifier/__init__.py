@@ -1,0 +1,1 @@
+"""sonoaudit classifier service."""

@@ -1,0 +1,1 @@
+"""sonoaudit raters service."""

@@ -1,0 +1,1 @@
+"""The ``sonoaudit`` command line."""

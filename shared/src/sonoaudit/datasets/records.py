@@ -1,0 +1,65 @@
+"""The records every reader produces and every consumer (generator, metrics, study) reads.
+
+This module is the contract between the dataset readers and the rest of the system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CLASSES = ("benign", "malignant", "normal")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image and its mask on disk, with its label and patient key."""
+
+    name: str  # stable id within the dataset, e.g. "bus_0011-r"
+    image_path: Path
+    mask_paths: tuple[Path, ...]  # several for BUSI's extra _mask_N files (OR-merged); () = empty
+    class_label: str  # one of CLASSES
+    case_id: str  # patient key: splits group on it
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A reason the dataset cannot be imported as is; ``path`` names the file at fault."""
+
+    path: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+@dataclass
+class DatasetScan:
+    format: str  # busbra | udiat | busi
+    root: Path
+    records: list[ImageRecord]
+    problems: list[Problem]
+    is_phantom: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.records:
+            out[r.class_label] = out.get(r.class_label, 0) + 1
+        return out
+
+    @property
+    def n_cases(self) -> int:
+        return len({r.case_id for r in self.records})
+
+
+class DatasetError(ValueError):
+    """Raised when a dataset has problems; carries every problem found (not just the first)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems[:50])
+        more = f"\n  … and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(f"{len(problems)} problem(s) in dataset:\n{lines}{more}")

@@ -1,0 +1,1 @@
+"""Results store: SQLAlchemy 2 models, engine/session helpers and Alembic migrations."""

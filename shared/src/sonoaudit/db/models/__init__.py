@@ -1,0 +1,25 @@
+"""All tables. Each area keeps its tables in its own module; import them here so Alembic sees them."""
+
+from sonoaudit.db.base import Base
+from sonoaudit.db.models.classifier import LLMClassification
+from sonoaudit.db.models.core import Dataset, DeadLetter, Image, Job
+from sonoaudit.db.models.generator import GenerationRun, Model, TrainingRun
+from sonoaudit.db.models.metrics import MetricRun
+from sonoaudit.db.models.study import Answer, Reader, Study, StudyItem
+
+__all__ = [
+    "Answer",
+    "Base",
+    "Dataset",
+    "DeadLetter",
+    "GenerationRun",
+    "Image",
+    "Job",
+    "LLMClassification",
+    "MetricRun",
+    "Model",
+    "Reader",
+    "Study",
+    "StudyItem",
+    "TrainingRun",
+]

@@ -1,0 +1,51 @@
+"""Payloads of the job messages. Within a schema version only add optional fields."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Sampler = Literal["ddpm", "ddim", "dpmpp"]
+Condition = Literal["image", "outline", "side_by_side"]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerateRequest(_Payload):
+    job_id: str
+    model_id: str
+    n: int = Field(ge=1)
+    sampler: Sampler = "ddpm"
+    steps: int = Field(ge=1)
+    seed: int = 0
+
+
+class ClassifyRequest(_Payload):
+    job_id: str
+    image_ids: list[str] = Field(min_length=1)
+    backend: str = "gemini"
+    condition: Condition = "image"
+    replicates: int = Field(default=1, ge=1)
+
+
+class MetricsRequest(_Payload):
+    job_id: str
+    real_ref: str
+    synthetic_ref: str
+
+
+class JobResult(_Payload):
+    job_id: str
+    status: Literal["done", "failed"]
+    detail: str | None = None
+
+
+class DeadLetterNotice(_Payload):
+    subject: str
+    message_id: str | None
+    deliveries: int
+    error: str
+    data: str

@@ -1,0 +1,124 @@
+"""A service's runtime: connects to the database and the bus in the background, with retry, so the
+process starts (liveness true) while dependencies are down and readiness turns true once they
+answer. Workers registered with :meth:`ServiceRuntime.add_worker` start when the bus is ready."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+
+from sonoaudit.bus import Bus
+from sonoaudit.context import AppContext, build_context
+from sonoaudit.db.session import ping
+from sonoaudit.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Worker = Callable[["ServiceRuntime", asyncio.Event], Awaitable[None]]
+
+
+class ServiceRuntime:
+    def __init__(self, name: str, settings: Settings, *, migrate: bool = False) -> None:
+        self.name = name
+        self.settings = settings
+        self.migrate = migrate
+        self.ctx: AppContext | None = None
+        self.bus: Bus | None = None
+        self.stop = asyncio.Event()
+        self._workers: list[Worker] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started = asyncio.Event()
+
+    def add_worker(self, worker: Worker) -> None:
+        self._workers.append(worker)
+
+    @property
+    def uses_bus(self) -> bool:
+        return bool(self.settings.nats_url)
+
+    async def _connect_db(self) -> None:
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                self.ctx = await asyncio.to_thread(
+                    build_context, self.settings, migrate=self.migrate, wait=False
+                )
+                if await asyncio.to_thread(ping, self.ctx.engine):
+                    return
+                self.ctx.close()
+                self.ctx = None
+            except Exception as exc:  # database down or not migrated yet: keep trying
+                log.warning("%s: database not ready: %s", self.name, exc)
+                self.ctx = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _connect_bus(self) -> None:
+        assert self.settings.nats_url
+        bus = Bus(self.settings.nats_url, duplicate_window_s=self.settings.nats_duplicate_window_s,
+                  max_deliver=self.settings.nats_max_deliver,
+                  ack_wait_s=self.settings.nats_ack_wait_s, name=self.name)
+        while not self.stop.is_set():
+            try:
+                await bus.connect(attempts=1)
+                await bus.declare()
+                self.bus = bus
+                return
+            except Exception as exc:
+                log.warning("%s: NATS not ready: %s", self.name, exc)
+                await bus.close()
+                await asyncio.sleep(1.0)
+
+    async def _start(self) -> None:
+        await self._connect_db()
+        if self.uses_bus:
+            await self._connect_bus()
+            if self.ctx is not None:
+                self.ctx.bus = self.bus
+        self.started.set()
+        for worker in self._workers:
+            self._tasks.append(asyncio.create_task(worker(self, self.stop)))
+
+    async def ready(self) -> dict[str, bool]:
+        checks = {"database": self.ctx is not None and await asyncio.to_thread(ping, self.ctx.engine)}
+        if self.uses_bus:
+            checks["nats"] = self.bus is not None and self.bus.connected
+        return checks
+
+    def require(self) -> AppContext:
+        """The context for a request; 503 while dependencies are not up yet."""
+        if self.ctx is None:
+            raise HTTPException(503, detail=f"{self.name} is not ready: database not connected")
+        return self.ctx
+
+    async def aclose(self) -> None:
+        self.stop.set()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.bus is not None:
+            await self.bus.close()
+        if self.ctx is not None:
+            self.ctx.close()
+
+    def lifespan(self) -> Callable[[FastAPI], Any]:
+        @asynccontextmanager
+        async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+            starter = asyncio.create_task(self._start())
+            app.state.runtime = self
+            try:
+                yield
+            finally:
+                starter.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await starter
+                await self.aclose()
+
+        return _lifespan
