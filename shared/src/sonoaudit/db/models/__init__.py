@@ -5,10 +5,11 @@ from sonoaudit.db.models.classifier import LLMClassification
 from sonoaudit.db.models.core import Dataset, DeadLetter, Image, Job
 from sonoaudit.db.models.generator import GenerationRun, Model, TrainingRun
 from sonoaudit.db.models.metrics import MetricRun
-from sonoaudit.db.models.study import Answer, Reader, Study, StudyItem
+from sonoaudit.db.models.study import Answer, Assignment, Reader, Study, StudyItem
 
 __all__ = [
     "Answer",
+    "Assignment",
     "Base",
     "Dataset",
     "DeadLetter",
