@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 20:04:17.116818
+Create Date: 2026-12-03 20:06:17.239129
 """
 from collections.abc import Sequence
 
@@ -200,17 +200,23 @@ def upgrade() -> None:
     sa.Column('condition', sa.String(length=32), nullable=False),
     sa.Column('replicate', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('source_name', sa.String(length=255), nullable=True),
     sa.Column('label', sa.String(length=32), nullable=True),
     sa.Column('confidence', sa.Double(), nullable=True),
     sa.Column('rationale', sa.Text(), nullable=True),
     sa.Column('findings', sa.JSON(), nullable=False),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('raw_response', sa.Text(), nullable=True),
+    sa.Column('raw_text', sa.Text(), nullable=True),
+    sa.Column('repairs', sa.Integer(), nullable=False),
     sa.Column('finish_reason', sa.String(length=64), nullable=True),
     sa.Column('response_id', sa.String(length=128), nullable=True),
     sa.Column('usage', sa.JSON(), nullable=False),
     sa.Column('latency_ms', sa.Double(), nullable=True),
+    sa.Column('wall_ms', sa.Double(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('attempt_errors', sa.JSON(), nullable=False),
+    sa.Column('seed', sa.Integer(), nullable=True),
     sa.Column('request_settings', sa.JSON(), nullable=False),
     sa.Column('job_id', sa.String(length=32), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
@@ -222,6 +228,7 @@ def upgrade() -> None:
     with op.batch_alter_table('llm_classifications', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_llm_classifications_image_id'), ['image_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_llm_classifications_job_id'), ['job_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_llm_classifications_status'), ['status'], unique=False)
 
     op.create_table('study_items',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -303,6 +310,7 @@ def downgrade() -> None:
 
     op.drop_table('study_items')
     with op.batch_alter_table('llm_classifications', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_llm_classifications_status'))
         batch_op.drop_index(batch_op.f('ix_llm_classifications_job_id'))
         batch_op.drop_index(batch_op.f('ix_llm_classifications_image_id'))
 
