@@ -13,9 +13,16 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 
 correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+access_log = logging.getLogger("sonoaudit.access")
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 
@@ -50,18 +57,25 @@ def base_app(name: str, lifespan: Any, ready: ReadyCheck, **kwargs: Any) -> Fast
     app.state.metrics_registry = registry
 
     @app.middleware("http")
-    async def _correlate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def _correlate(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         cid = request.headers.get("x-correlation-id") or uuid.uuid4().hex
         token = correlation_id.set(cid)
         start = time.perf_counter()
         try:
             response = await call_next(request)
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - start
+            # One access line per request, inside the correlation scope so it carries the id
+            # (uvicorn's own access log runs after the scope ends; `serve` turns it off).
+            access_log.info("%s %s %d %.1fms", request.method, request.url.path,
+                            response.status_code, elapsed * 1000)
         finally:
             correlation_id.reset(token)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
         requests.labels(request.method, path, str(response.status_code)).inc()
-        latency.labels(request.method, path).observe(time.perf_counter() - start)
+        latency.labels(request.method, path).observe(elapsed)
         response.headers["x-correlation-id"] = cid
         return response
 

@@ -23,7 +23,14 @@ def register(app: typer.Typer) -> None:
             fail(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
         import uvicorn
 
-        uvicorn.run(f"sonoaudit_{service}.main:create_app", factory=True, host=host, port=port)
+        from sonoaudit.service import configure_logging
+        from sonoaudit.settings import Settings
+
+        # JSON logs on stderr for every logger (uvicorn's included: log_config=None keeps
+        # uvicorn from installing its own text handlers); the app writes the access lines.
+        configure_logging(Settings().log_level)
+        uvicorn.run(f"sonoaudit_{service}.main:create_app", factory=True, host=host, port=port,
+                    log_config=None, access_log=False)
 
     @app.command()
     def migrate(
