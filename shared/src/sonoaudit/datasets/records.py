@@ -22,6 +22,10 @@ class ImageRecord:
     class_label: str  # one of CLASSES
     case_id: str  # patient key: splits group on it
     meta: dict[str, Any] = field(default_factory=dict)
+    # Filled by ``scan`` once the files were read and checked; None on hand-built records.
+    sha256: str | None = None  # of the image file's bytes
+    width: int | None = None
+    height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,30 @@ class DatasetScan:
     @property
     def n_cases(self) -> int:
         return len({r.case_id for r in self.records})
+
+    @property
+    def classes(self) -> list[str]:
+        """Classes present, in the fixed order of ``CLASSES``."""
+        present = set(self.counts)
+        return [c for c in CLASSES if c in present] + sorted(present - set(CLASSES))
+
+    def raise_for_problems(self) -> None:
+        """Raise :class:`DatasetError` with every problem found, if there is any."""
+        if self.problems:
+            raise DatasetError(self.problems)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description (what ``sonoaudit datasets inspect --json`` prints)."""
+        return {
+            "format": self.format,
+            "root": str(self.root),
+            "is_phantom": self.is_phantom,
+            "n_images": len(self.records),
+            "counts": self.counts,
+            "classes": self.classes,
+            "n_cases": self.n_cases,
+            "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
+        }
 
 
 class DatasetError(ValueError):

@@ -1,0 +1,109 @@
+"""Checks shared by every layout: each image decodes, each mask decodes, matches its image's size
+and is binary, no image appears twice, every expected class has images.
+
+Layout-specific checks (missing/extra masks, labels files) live in the readers; this module sees
+only :class:`ImageRecord` lists and returns the records completed with sha256 and size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+
+from tqdm import tqdm
+
+from sonoaudit.datasets.imageio import (
+    MASK_NONBINARY_TOLERANCE,
+    ImageReadError,
+    binarize,
+    mask_levels,
+    open_bytes,
+    to_grey,
+)
+from sonoaudit.datasets.records import CLASSES, ImageRecord, Problem
+
+
+def check_records(
+    records: list[ImageRecord],
+    expected_classes: Mapping[str, str],
+    *,
+    progress: bool = False,
+) -> tuple[list[ImageRecord], list[Problem]]:
+    """Read every file once; return (records with sha256/width/height filled, problems).
+
+    ``expected_classes`` maps each class the layout must have to the path to blame when it has
+    no images (its folder, or the labels file). Records whose image cannot be read are left out
+    of the returned list (they are reported).
+    """
+    problems: list[Problem] = []
+    checked: list[ImageRecord] = []
+    first_seen: dict[str, ImageRecord] = {}
+
+    for rec in tqdm(records, desc="checking images", unit="img", disable=not progress):
+        if rec.class_label not in CLASSES:
+            problems.append(Problem(str(rec.image_path), (
+                f"unknown class label {rec.class_label!r}; expected one of {', '.join(CLASSES)}")))
+        try:
+            data = rec.image_path.read_bytes()
+        except OSError as exc:
+            problems.append(Problem(str(rec.image_path), f"cannot read image file ({exc})"))
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            im = open_bytes(data)
+            _, conversion = to_grey(im)
+        except ImageReadError as exc:
+            problems.append(Problem(str(rec.image_path), str(exc)))
+            continue
+        width, height = im.width, im.height
+
+        lesion_pixels = 0
+        for mpath in rec.mask_paths:
+            try:
+                levels = mask_levels(open_bytes(mpath.read_bytes()))
+            except OSError as exc:
+                problems.append(Problem(str(mpath), f"cannot read mask file ({exc})"))
+                continue
+            except ImageReadError as exc:
+                problems.append(Problem(str(mpath), f"mask: {exc}"))
+                continue
+            mh, mw = levels.shape
+            if (mw, mh) != (width, height):
+                problems.append(Problem(str(mpath), (
+                    f"mask is {mw}x{mh} but its image {rec.image_path.name} is {width}x{height}")))
+                continue
+            mask, intermediate = binarize(levels)
+            if intermediate > MASK_NONBINARY_TOLERANCE:
+                problems.append(Problem(str(mpath), (
+                    f"mask is not binary: {intermediate:.1%} of pixels are neither black nor "
+                    f"white (tolerance {MASK_NONBINARY_TOLERANCE:.0%}); re-export it as a "
+                    "black/white PNG")))
+            lesion_pixels += int(mask.sum())
+        if rec.class_label == "normal" and lesion_pixels:
+            problems.append(Problem(str(rec.mask_paths[0]), (
+                f"image labelled normal has a non-empty mask ({lesion_pixels} lesion pixels)")))
+
+        prior = first_seen.get(digest)
+        if prior is not None:
+            if prior.class_label != rec.class_label:
+                what = (f"duplicate image across classes: identical to {prior.image_path} "
+                        f"({prior.class_label}) but labelled {rec.class_label}")
+            else:
+                what = (f"duplicate image: identical to {prior.image_path} (same class "
+                        f"{rec.class_label}); remove one copy, or it leaks across splits")
+            problems.append(Problem(str(rec.image_path), what))
+        else:
+            first_seen[digest] = rec
+
+        meta = {**rec.meta, "grey_conversion": conversion, "original_mode": im.mode}
+        checked.append(dataclasses.replace(
+            rec, sha256=digest, width=width, height=height, meta=meta))
+
+    counts: dict[str, int] = {}
+    for rec in records:
+        counts[rec.class_label] = counts.get(rec.class_label, 0) + 1
+    for cls, where in expected_classes.items():
+        if counts.get(cls, 0) == 0:
+            problems.append(Problem(where, f"class {cls!r} has no images"))
+    return checked, problems
