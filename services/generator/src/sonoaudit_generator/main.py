@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-
 from sonoaudit.runtime import ServiceRuntime
 from sonoaudit.service import base_app
 from sonoaudit.settings import Settings

@@ -1,0 +1,139 @@
+"""Checkpoints: safetensors weights (raw and EMA), JSON config, training state; atomic and verified.
+
+Every file is written atomically (temporary file + rename) and ``checkpoint.json`` is written last,
+listing the sha256 of every other file. Loading checks those hashes, so a checkpoint cut short by a
+crash or damaged on disk is refused with the name of the bad file instead of loading garbage.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from sonoaudit.filestore import atomic_write_bytes, sha256_bytes
+
+from sonoaudit_generator.config import ModelConfig, Profile
+
+MANIFEST = "checkpoint.json"
+FORMAT = "sonoaudit-ddpm/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, damaged or does not match what the caller asked for."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    profile: Profile
+    class_label: str | None
+    step: int
+    weights: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    state: dict[str, Any]  # optimizer + loss curve (present only in training checkpoints)
+    meta: dict[str, Any]
+
+
+def _state_bytes(state: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    profile: Profile,
+    class_label: str | None,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor],
+    state: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    def blob(sd: dict[str, torch.Tensor]) -> bytes:
+        return st_save({k: v.detach().cpu().contiguous() for k, v in sd.items()})
+
+    files: dict[str, bytes] = {
+        "model.safetensors": blob(weights),
+        "ema.safetensors": blob(ema),
+        "config.json": json.dumps(
+            {"profile": profile.model_dump(mode="json"), "class_label": class_label},
+            indent=2).encode(),
+    }
+    if state is not None:
+        files["training_state.pt"] = _state_bytes(state)
+    for name, data in files.items():
+        atomic_write_bytes(path / name, data)
+    manifest = {
+        "format": FORMAT, "step": step, "class_label": class_label,
+        "files": {name: sha256_bytes(data) for name, data in files.items()},
+        "meta": meta or {},
+    }
+    atomic_write_bytes(path / MANIFEST, json.dumps(manifest, indent=2).encode())
+    return path
+
+
+def _read_verified(path: Path, name: str, digest: str) -> bytes:
+    f = path / name
+    if not f.is_file():
+        raise CheckpointError(f"{f}: listed in {MANIFEST} but missing")
+    data = f.read_bytes()
+    if sha256_bytes(data) != digest:
+        raise CheckpointError(
+            f"{f}: sha256 does not match {MANIFEST} (file corrupt or from another checkpoint)"
+        )
+    return data
+
+
+def load_checkpoint(path: Path, *, with_state: bool = False) -> Checkpoint:
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise CheckpointError(f"{mf}: not found; {path} is not a complete sonoaudit checkpoint")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{mf}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{mf}: format is not {FORMAT!r}")
+    files = manifest.get("files", {})
+    blobs = {name: _read_verified(path, name, digest) for name, digest in files.items()
+             if with_state or name != "training_state.pt"}
+    try:
+        cfg = json.loads(blobs["config.json"])
+        prof = Profile.model_validate(cfg["profile"])
+    except Exception as exc:
+        raise CheckpointError(f"{path / 'config.json'}: invalid config ({exc})") from exc
+    state: dict[str, Any] = {}
+    if with_state:
+        if "training_state.pt" not in blobs:
+            raise CheckpointError(f"{path}: has no training_state.pt, cannot resume from it")
+        state = torch.load(io.BytesIO(blobs["training_state.pt"]), weights_only=True)
+    return Checkpoint(
+        path=path, profile=prof, class_label=cfg.get("class_label"),
+        step=int(manifest.get("step", 0)),
+        weights=st_load(blobs["model.safetensors"]), ema=st_load(blobs["ema.safetensors"]),
+        state=state, meta=manifest.get("meta", {}),
+    )
+
+
+def load_weights(net: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path,
+                 config: ModelConfig) -> None:
+    """Strict load with an error that says which checkpoint and what differs."""
+    try:
+        net.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise CheckpointError(
+            f"{source}: weights do not match the model config "
+            f"(backbone={config.backbone}, widths={config.widths}, heights={config.heights}): "
+            + " ".join(first)
+        ) from exc
