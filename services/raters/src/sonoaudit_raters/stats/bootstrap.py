@@ -120,13 +120,14 @@ class Estimate:
         return out
 
 
-def estimate(values: NDArray[np.float64], reasons: Callable[[], str | None], n: int,
+def estimate(values: NDArray[np.float64], reasons: str | Callable[[], str | None], n: int,
              **extra: Any) -> Estimate:
-    """Row 0 of ``values`` is the point estimate; NaN there means undefined, with ``reasons()``."""
+    """Row 0 of ``values`` is the point estimate; NaN there means undefined, for ``reasons``."""
     v0 = float(values[0])
     reps = np.asarray(values[1:], dtype=np.float64)
     if np.isnan(v0):
-        return Estimate(None, n, reasons() or "undefined", reps, extra)
+        why = reasons if isinstance(reasons, str) else reasons()
+        return Estimate(None, n, why or "undefined", reps, extra)
     return Estimate(v0, n, None, reps, extra)
 
 

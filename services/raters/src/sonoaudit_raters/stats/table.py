@@ -115,7 +115,7 @@ class RatingTable:
                            self.codes, level, dict(self.attrs))
 
     def reliability_matrix(self) -> NDArray[np.float64]:
-        """raters × items with NaN for missing: the orientation the ``krippendorff`` package wants."""
+        """raters × items, NaN for missing: the orientation the ``krippendorff`` package wants."""
         out = self.codes.T.astype(np.float64)
         out[self.codes.T == MISSING] = np.nan
         return out

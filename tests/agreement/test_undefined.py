@@ -1,0 +1,98 @@
+"""Undefined statistics are null with a reason — never NaN, a silent 0/1, or a crash — and the
+reference libraries' raw behaviour on the same inputs is pinned so an upgrade is noticed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import krippendorff
+import numpy as np
+import pytest
+from sklearn.metrics import cohen_kappa_score
+from sonoaudit_raters.stats import RatingTableError, agreement, from_long, public
+from statsmodels.stats.inter_rater import fleiss_kappa
+
+
+def rows_of(data: dict[str, list]) -> list[dict]:
+    return [{"item": i, "rater": r, "value": v} for r, vs in data.items()
+            for i, v in enumerate(vs)]
+
+
+def no_nan(obj: object) -> None:
+    json.dumps(obj, allow_nan=False)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_single_category_is_null_with_reason() -> None:
+    t = from_long(rows_of({"a": ["benign"] * 5, "b": ["benign"] * 5}),
+                  scale=["benign", "malignant", "normal"])
+    res = public(agreement(t, n_boot=100))
+    no_nan(res)
+    assert res["percent_agreement"]["value"] == 1.0  # plain agreement is defined
+    for key in ("fleiss_kappa", "gwet_ac1", "krippendorff_alpha"):
+        assert res[key]["value"] is None and res[key]["reason"] == "single_category", key
+    assert res["cohen_kappa_pairwise"][0]["reason"] == "single_category"
+    # Libraries disagree on this case: pin them.
+    assert math.isnan(cohen_kappa_score(["benign"] * 5, ["benign"] * 5))
+    assert math.isnan(fleiss_kappa(np.array([[2, 0, 0]] * 5)))
+    with pytest.raises(ValueError, match="more than one value"):
+        krippendorff.alpha(reliability_data=[[0] * 5, [0] * 5], level_of_measurement="nominal")
+
+
+def test_one_rater_is_null() -> None:
+    t = from_long(rows_of({"a": ["benign", "malignant", "benign"]}))
+    res = public(agreement(t, n_boot=50))
+    no_nan(res)
+    for key in ("percent_agreement", "fleiss_kappa", "gwet_ac1", "krippendorff_alpha"):
+        assert res[key]["value"] is None
+        assert res[key]["reason"] == "fewer_than_two_raters", key
+    assert res["cohen_kappa_pairwise"] == []
+
+
+def test_no_pairable_items() -> None:
+    t = from_long(rows_of({"a": ["x", None, "y"], "b": [None, "x", None]}))
+    res = public(agreement(t, n_boot=50))
+    no_nan(res)
+    assert res["percent_agreement"]["reason"] == "no_pairable_units"
+    assert res["krippendorff_alpha"]["reason"] == "no_pairable_units"
+    assert res["cohen_kappa_pairwise"][0]["reason"] == "no_pairable_units"
+    assert res["cohen_kappa_pairwise"][0]["n"] == 0
+
+
+def test_undefined_replicates_are_counted() -> None:
+    # 1 disagreement among 9 agreeing items: many resamples miss it -> single category.
+    t = from_long(rows_of({"a": ["x"] * 9 + ["x"], "b": ["x"] * 9 + ["y"]}))
+    res = agreement(t, n_boot=500, seed=1)
+    alpha = res["krippendorff_alpha"]
+    assert alpha.value is not None
+    expected_missing = (0.9**10) * 500  # P(item with the 'y' never drawn)
+    assert 0.5 * expected_missing < alpha.n_undefined < 2 * expected_missing
+    d = alpha.to_dict()
+    assert d["bootstrap"] == {"B": 500, "undefined": alpha.n_undefined}
+
+
+def test_bootstrap_is_seeded_and_contains_estimate() -> None:
+    rows = rows_of({"a": list("xxyyzxyzxy"), "b": list("xyyyzxyzxx"), "c": list("xxyzzxyzyy")})
+    t = from_long(rows)
+    r1 = public(agreement(t, n_boot=300, seed=5))
+    r2 = public(agreement(t, n_boot=300, seed=5))
+    r3 = public(agreement(t, n_boot=300, seed=6))
+    assert r1 == {**r1, **{k: r2[k] for k in r1 if k != "provenance"}}
+    assert r1["fleiss_kappa"]["ci95"] != r3["fleiss_kappa"]["ci95"]
+    for key in ("fleiss_kappa", "gwet_ac1", "krippendorff_alpha", "percent_agreement"):
+        lo, hi = r1[key]["ci95"]
+        assert lo <= r1[key]["value"] <= hi
+
+
+@pytest.mark.parametrize(("rows", "kwargs", "message"), [
+    ([], {}, "empty"),
+    ([{"item": 1, "rater": "a"}], {}, "column 'value' missing"),
+    ([{"item": 1, "rater": "a", "value": 7}], {"scale": [0, 20]}, "row 1: column 'value' has '7'"),
+    ([{"item": 1, "rater": "a", "value": 1}, {"item": 1, "rater": "a", "value": 2}], {},
+     "rated item '1' again"),
+    ([{"item": 1, "rater": "a", "value": "low"}], {"level": "interval"}, "numeric"),
+])
+def test_bad_input_names_the_problem(rows: list, kwargs: dict, message: str) -> None:
+    with pytest.raises(RatingTableError, match=message):
+        from_long(rows, **kwargs)
