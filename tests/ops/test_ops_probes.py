@@ -1,0 +1,101 @@
+"""Liveness and readiness of every service against the real Postgres and NATS.
+
+Each service runs as in its container (`sonoaudit serve`). A dependency that is down at start
+must leave the process alive (/healthz 200) but not ready (/readyz 503 naming the failing
+check); once the dependency answers, readiness turns 200 without a restart; when it goes away
+again, readiness drops back to 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from opshelpers import (
+    NatsProcess,
+    ServiceProcess,
+    TcpProxy,
+    free_port,
+    readyz,
+    service_env,
+    wait_until,
+)
+from sonoaudit.db.migrate import upgrade
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+StartServices = Callable[[dict[str, str]], list[ServiceProcess]]
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+@pytest.fixture(scope="module")
+def migrated_postgres(postgres_url: str) -> str:
+    upgrade(postgres_url)
+    return postgres_url
+
+
+def test_readiness_follows_postgres(
+    migrated_postgres: str, start_services: StartServices, tmp_path: Path
+) -> None:
+    # The services reach Postgres only through a proxy port that is closed at start.
+    proxy_port = free_port()
+    host, name = migrated_postgres.rsplit("/", 1)
+    via_proxy = f"{host.rsplit(':', 1)[0]}:{proxy_port}/{name}"
+    procs = start_services(service_env(tmp_path, database_url=via_proxy))
+
+    for p in procs:
+        status, body = readyz(p)
+        assert (status, body) == (503, {"ready": False, "checks": {"database": False}}), p.service
+        assert httpx.get(f"{p.url}/healthz", timeout=5).status_code == 200
+
+    proxy = TcpProxy(proxy_port, _port_of(host + "/"))
+    try:
+        proxy.start()
+        for p in procs:
+            wait_until(lambda p=p: readyz(p)[0] == 200, 60, f"{p.service} ready with Postgres")
+            assert readyz(p) == (200, {"ready": True, "checks": {"database": True}})
+
+        proxy.stop()  # Postgres goes away: readiness drops, liveness stays
+        for p in procs:
+            wait_until(lambda p=p: readyz(p)[0] == 503, 30, f"{p.service} unready without Postgres")
+            assert httpx.get(f"{p.url}/healthz", timeout=5).status_code == 200
+    finally:
+        proxy.close()
+
+
+def test_readiness_follows_nats(
+    migrated_postgres: str, start_services: StartServices, tmp_path: Path
+) -> None:
+    nats_port = free_port()
+    nats = NatsProcess(nats_port, tmp_path / "jetstream")
+    env = service_env(tmp_path, database_url=migrated_postgres,
+                      nats_url=f"nats://127.0.0.1:{nats_port}")
+    procs = start_services(env)
+    try:
+        for p in procs:
+            # The database connects first; the bus is still missing.
+            wait_until(lambda p=p: readyz(p)[1]["checks"].get("database") is True, 60,
+                       f"{p.service} database check")
+            assert readyz(p) == (503, {"ready": False,
+                                       "checks": {"database": True, "nats": False}}), p.service
+
+        nats.start()
+        for p in procs:
+            wait_until(lambda p=p: readyz(p)[0] == 200, 60, f"{p.service} ready with NATS")
+            assert readyz(p)[1] == {"ready": True, "checks": {"database": True, "nats": True}}
+
+        nats.stop()  # the bus dies: not ready, still alive
+        for p in procs:
+            wait_until(lambda p=p: readyz(p)[0] == 503, 30, f"{p.service} unready without NATS")
+            assert httpx.get(f"{p.url}/healthz", timeout=5).status_code == 200
+
+        nats.start()  # same port, same JetStream store: the client reconnects by itself
+        for p in procs:
+            wait_until(lambda p=p: readyz(p)[0] == 200, 60, f"{p.service} ready after reconnect")
+    finally:
+        nats.stop()
