@@ -17,6 +17,7 @@ from sonoaudit.datasets.records import ImageRecord, Problem
 
 LABELS_FILE = "bus_data.csv"
 PHANTOM_MARKER = "PHANTOM.txt"
+PHANTOM_DEVICE = "sonoaudit phantom"  # Device column of phantom rows
 REQUIRED_COLUMNS = ("ID", "Case", "Pathology")
 CLASSES = ("benign", "malignant")
 
@@ -52,7 +53,6 @@ def read(root: Path) -> ReaderResult:
                                         f"BUS-BRA layout: {what} is missing"))
     if images_dir is None or masks_dir is None or labels is None:
         return out
-    out.expected_classes = {c: str(labels) for c in CLASSES}
 
     try:
         with labels.open(newline="", encoding="utf-8-sig") as fh:
@@ -69,6 +69,11 @@ def read(root: Path) -> ReaderResult:
             f"missing column(s) {', '.join(missing_cols)}; expected a header with "
             f"{', '.join(REQUIRED_COLUMNS)} (found {', '.join(columns) or 'nothing'})")))
         return out
+    # Only now: a class without images means something once the labels could be read.
+    out.expected_classes = {c: str(labels) for c in CLASSES}
+    devices = [row.get("Device", "") for row in rows]
+    if devices and all(d.startswith(PHANTOM_DEVICE) for d in devices):
+        out.is_phantom = True  # also without the marker file, e.g. when it was deleted
 
     listed: set[str] = set()
     expected_masks: set[str] = set()

@@ -29,10 +29,9 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
-from sonoaudit.datasets.busbra import LABELS_FILE, PHANTOM_MARKER, mask_name
+from sonoaudit.datasets.busbra import LABELS_FILE, PHANTOM_DEVICE, PHANTOM_MARKER, mask_name
 
 PHANTOM_VERSION = 1
-PHANTOM_DEVICE = "sonoaudit phantom"
 BUSBRA_COLUMNS = ("ID", "Case", "Histology", "Pathology", "BIRADS", "Device", "Width", "Height",
                   "Side", "BBOX")
 DUAL_VIEW_EVERY = 4  # every 4th case has -l/-r views
@@ -118,7 +117,7 @@ def render(lesion: Lesion, size: int, rng: np.random.Generator) -> tuple[np.ndar
     scale = size / 128.0
 
     # Tissue layers: skin, bright-ish subcutaneous layer with a wavy edge, gland, deep layer.
-    wave = 0.04 * gaussian_filter1d(rng.standard_normal(size), 10 * scale, mode="wrap")
+    wave = gaussian_filter1d(rng.standard_normal(size), 10 * scale, mode="wrap")
     wave = wave / (np.abs(wave).max() + 1e-9) * 0.03
     sub_bottom = rng.uniform(0.16, 0.22) + wave[None, :]
     echo = 0.5 + 0.06 * _smooth_noise(rng, size, 6 * scale)
@@ -155,9 +154,11 @@ def render(lesion: Lesion, size: int, rng: np.random.Generator) -> tuple[np.ndar
 
 
 def bbox_xywh(mask: np.ndarray) -> list[int]:
+    """BUS-BRA's ``BBOX`` convention (checked on the real release): 1-based x, y of the first
+    lesion pixel, width/height = last - first (Matlab ``regionprops``-style)."""
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
-    return [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
+    return [x0 + 1, y0 + 1, int(xs.max()) - x0, int(ys.max()) - y0]
 
 
 def write_phantom(root: Path, n_per_class: int = 40, seed: int = 0, size: int = 128) -> Path:

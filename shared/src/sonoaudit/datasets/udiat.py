@@ -75,7 +75,6 @@ def read(root: Path) -> ReaderResult:
                                         f"UDIAT Dataset B layout: {what} is missing"))
     if images_dir is None or masks_dir is None or labels is None:
         return out
-    out.expected_classes = {c: str(labels) for c in CLASSES}
 
     try:
         header, rows = _read_xlsx(labels)
@@ -89,6 +88,8 @@ def read(root: Path) -> ReaderResult:
         return out
     lower = [h.lower() for h in header]
     col_image, col_type = lower.index("image"), lower.index("type")
+    # Only now: a class without images means something once the labels could be read.
+    out.expected_classes = {c: str(labels) for c in CLASSES}
 
     listed: set[str] = set()
     for number, cells in rows:
