@@ -110,7 +110,8 @@ class GeminiBackend:
         ])]
         if repair is not None:
             previous, problem = repair
-            contents.append(types.Content(role="model", parts=[types.Part.from_text(text=previous)]))
+            contents.append(types.Content(role="model",
+                                          parts=[types.Part.from_text(text=previous)]))
             contents.append(types.Content(role="user", parts=[
                 types.Part.from_text(text=prompt.repair(previous, problem))]))
         try:
@@ -127,8 +128,8 @@ class GeminiBackend:
         return self._answer(resp)
 
     def _answer(self, resp: types.GenerateContentResponse) -> RawAnswer:
-        raw = resp.model_dump(mode="json", exclude_none=True,
-                              exclude={"sdk_http_response", "parsed", "automatic_function_calling_history"})
+        raw = resp.model_dump(mode="json", exclude_none=True, exclude={
+            "sdk_http_response", "parsed", "automatic_function_calling_history"})
         usage = (resp.usage_metadata.model_dump(mode="json", exclude_none=True)
                  if resp.usage_metadata else {})
         block = (_enum_value(resp.prompt_feedback.block_reason)

@@ -8,7 +8,12 @@ from typing import Any
 
 import openai
 
-from sonoaudit_classifier.backends.base import CallError, RawAnswer, classify_status, parse_duration_s
+from sonoaudit_classifier.backends.base import (
+    CallError,
+    RawAnswer,
+    classify_status,
+    parse_duration_s,
+)
 from sonoaudit_classifier.backends.transport import is_transient_transport_error
 from sonoaudit_classifier.conditions import ModelInput
 from sonoaudit_classifier.prompts import Prompt
@@ -55,18 +60,17 @@ class OpenAICompatBackend:
             previous, problem = repair
             messages.append({"role": "assistant", "content": previous})
             messages.append({"role": "user", "content": prompt.repair(previous, problem)})
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {
+            "model": self.model, "messages": messages,
+            "temperature": self.settings.temperature,
+            "max_tokens": self.settings.max_output_tokens,
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "Verdict", "strict": True, "schema": verdict_json_schema()}},
+        }
         if seed is not None:
             kwargs["seed"] = seed
         try:
-            resp = await self._client.chat.completions.create(
-                model=self.model, messages=messages,  # type: ignore[arg-type]
-                temperature=self.settings.temperature,
-                max_tokens=self.settings.max_output_tokens,
-                response_format={"type": "json_schema", "json_schema": {
-                    "name": "Verdict", "strict": True, "schema": verdict_json_schema()}},
-                **kwargs,
-            )
+            resp = await self._client.chat.completions.create(**kwargs)
         except openai.APIStatusError as exc:
             delay = parse_duration_s(exc.response.headers.get("retry-after"))
             raise classify_status(exc.status_code, exc.message, delay) from exc

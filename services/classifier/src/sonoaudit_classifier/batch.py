@@ -1,0 +1,224 @@
+"""Classify a set of images: the in-process API the embedded pipeline, the service and the job
+worker all call.
+
+Every (image, replicate) ends with exactly one stored row; done rows are skipped, so a rerun or
+a redelivered job costs nothing. Configuration problems (unknown backend, no key, no URL, a
+rejected key) stop the batch before or at its first call, never image by image."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sonoaudit.context import AppContext
+from sonoaudit.db.models import Image, LLMClassification
+from sonoaudit.filestore import sha256_bytes
+from sonoaudit.provenance import provenance
+from sqlalchemy import select
+from tqdm import tqdm
+
+from sonoaudit_classifier.backends import make_backend
+from sonoaudit_classifier.backends.base import CallError
+from sonoaudit_classifier.conditions import BadImage, render
+from sonoaudit_classifier.engine import Classifier, Outcome
+from sonoaudit_classifier.prompts import load_prompt
+from sonoaudit_classifier.settings import (
+    BackendNotConfigured,
+    ClassifierSettings,
+    backend_problem,
+    require_backend,
+)
+from sonoaudit_classifier.store import FINAL, ResultKey, existing, save_outcome
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, int], Awaitable[None]]  # (done, failed, total)
+
+
+class UnknownImages(LookupError):
+    def __init__(self, ids: Sequence[str]) -> None:
+        shown = ", ".join(ids[:20]) + (f" … and {len(ids) - 20} more" if len(ids) > 20 else "")
+        super().__init__(f"{len(ids)} unknown image id(s): {shown}")
+        self.ids = list(ids)
+
+
+class MissingMasks(ValueError):
+    def __init__(self, condition: str, names: Sequence[str]) -> None:
+        shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
+        super().__init__(f"condition {condition!r} needs a mask; {len(names)} image(s) have "
+                         f"none: {shown}")
+
+
+class BackendFailed(RuntimeError):
+    """A call failed in a way no other call can avoid (rejected key, unknown model)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to classify; bytes are read only when its turn comes."""
+
+    name: str
+    image_sha256: str
+    image_id: str | None
+    has_mask: bool
+    load: Callable[[], tuple[bytes, bytes | None]]
+
+
+def llm_status(settings: ClassifierSettings | None = None,
+               backend: str | None = None) -> str | None:
+    """None when the LLM can run; otherwise why not (for "LLM not run: <reason>" in reports)."""
+    return backend_problem(settings or ClassifierSettings(), backend)
+
+
+def items_from_images(ctx: AppContext, image_ids: Sequence[str]) -> list[Item]:
+    with ctx.sessions() as s:
+        rows = {r.id: r for r in s.scalars(select(Image).where(Image.id.in_(list(image_ids))))}
+    missing = [i for i in image_ids if i not in rows]
+    if missing:
+        raise UnknownImages(missing)
+    store = ctx.store
+
+    def loader(path: str, mask_path: str | None) -> Callable[[], tuple[bytes, bytes | None]]:
+        return lambda: (store.get(path), store.get(mask_path) if mask_path else None)
+
+    return [Item(r.name, r.sha256, r.id, bool(r.mask_path), loader(r.path, r.mask_path))
+            for r in (rows[i] for i in image_ids)]
+
+
+def items_from_files(pairs: Iterable[tuple[Path, Path | None]]) -> list[Item]:
+    """Images on disk (with optional masks); hashes are computed now, bytes read again later."""
+    out = []
+    for image, mask in pairs:
+        data = image.read_bytes()
+
+        def load(image: Path = image, mask: Path | None = mask) -> tuple[bytes, bytes | None]:
+            return image.read_bytes(), mask.read_bytes() if mask else None
+
+        out.append(Item(image.name, sha256_bytes(data), None, mask is not None, load))
+    return out
+
+
+def _keys(items: Sequence[Item], backend: str, model: str, prompt_version: str, condition: str,
+          replicates: int) -> list[tuple[Item, ResultKey]]:
+    return [(it, ResultKey(it.image_sha256, backend, model, prompt_version, condition, r))
+            for it in items for r in range(replicates)]
+
+
+async def aclassify_items(
+    ctx: AppContext, items: Sequence[Item], *, settings: ClassifierSettings,
+    backend: str | None = None, condition: str = "image", replicates: int = 1,
+    job_id: str | None = None, classifier: Classifier | None = None, progress: bool = True,
+    on_progress: ProgressFn | None = None,
+) -> list[LLMClassification]:
+    """One stored row per (item, replicate), in input order."""
+    if replicates < 1:
+        raise ValueError(f"replicates must be >= 1, got {replicates}")
+    name = classifier.name if classifier is not None else require_backend(settings, backend)
+    prompt = load_prompt(settings.prompt_version, condition)
+    if condition != "image":
+        unmasked = [it.name for it in items if not it.has_mask]
+        if unmasked:
+            raise MissingMasks(condition, unmasked)
+    own = classifier is None
+    clf = classifier or Classifier(make_backend(settings, name), settings)
+    try:
+        pairs = _keys(items, clf.name, clf.model, prompt.version, condition, replicates)
+        before = existing(ctx.sessions, [k for _, k in pairs])
+        todo: dict[str, list[tuple[Item, ResultKey]]] = {}
+        for it, key in pairs:
+            row = before.get(key)
+            if row is None or row.status not in FINAL:
+                todo.setdefault(it.image_sha256 + "|" + it.name, []).append((it, key))
+        total = len(pairs)
+        state = {"done": total - sum(len(v) for v in todo.values()), "failed": 0}
+        settings_record: dict[str, Any] = {
+            **clf.backend.request_settings(), "condition": condition,
+            "prompt_version": prompt.version, "prompt_hash": prompt.hash,
+            "max_attempts": settings.max_attempts, "concurrency": settings.concurrency,
+            "rate_limit_rpm": settings.rate_limit_rpm,
+            "provenance": provenance(model=clf.model, prompt_version=prompt.version),
+        }
+        bar = tqdm(total=total, initial=state["done"], desc=f"classify ({clf.name})",
+                   unit="answer", disable=not progress)
+        # Bounds how many images are held in memory at once.
+        gate = asyncio.Semaphore(max(4, 2 * settings.concurrency))
+
+        async def one(group: list[tuple[Item, ResultKey]]) -> None:
+            async with gate:
+                item = group[0][0]
+                try:
+                    data, mask = await asyncio.to_thread(item.load)
+                    inp = render(data, condition, mask)
+                    outcomes = await asyncio.gather(*(clf.answer(inp, prompt, key.replicate)
+                                                      for _, key in group))
+                except (BadImage, OSError) as exc:
+                    outcomes = [Outcome("error", reason=f"bad input {item.name}: {exc}")
+                                for _ in group]
+                for (it, key), outcome in zip(group, outcomes, strict=True):
+                    await asyncio.to_thread(
+                        save_outcome, ctx.sessions, key, outcome, prompt_hash=prompt.hash,
+                        image_id=it.image_id, source_name=it.name, job_id=job_id,
+                        request_settings={**settings_record, "seed": outcome.seed,
+                                          "replicate": key.replicate})
+                    state["failed" if outcome.status == "error" else "done"] += 1
+                    bar.update(1)
+                    if on_progress is not None:
+                        await on_progress(state["done"], state["failed"], total)
+
+        tasks = [asyncio.create_task(one(g)) for g in todo.values()]
+        try:
+            await asyncio.gather(*tasks)
+        except CallError as exc:  # fatal for every call: stop the batch, keep what is stored
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise BackendFailed(f"{clf.name} backend rejected the request: {exc}") from exc
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            bar.close()
+        after = existing(ctx.sessions, [k for _, k in pairs])
+        return [after[k] for _, k in pairs if k in after]
+    finally:
+        if own:
+            await clf.backend.aclose()
+
+
+async def aclassify_images(
+    ctx: AppContext, image_ids: Sequence[str], *, settings: ClassifierSettings,
+    backend: str | None = None, condition: str = "image", replicates: int = 1,
+    job_id: str | None = None, classifier: Classifier | None = None, progress: bool = True,
+    on_progress: ProgressFn | None = None,
+) -> list[LLMClassification]:
+    items = await asyncio.to_thread(items_from_images, ctx, image_ids)
+    return await aclassify_items(
+        ctx, items, settings=settings, backend=backend, condition=condition,
+        replicates=replicates, job_id=job_id, classifier=classifier, progress=progress,
+        on_progress=on_progress)
+
+
+def classify_images(
+    ctx: AppContext, image_ids: Sequence[str], backend: str | None = None,
+    condition: str = "image", replicates: int = 1, settings: ClassifierSettings | None = None,
+    *, job_id: str | None = None, progress: bool = True,
+) -> list[LLMClassification]:
+    """Synchronous entry point for the embedded pipeline. Raises BackendNotConfigured (use
+    :func:`llm_status` first to report "LLM not run and why"), UnknownBackend, UnknownImages,
+    MissingMasks or BackendFailed."""
+    return asyncio.run(aclassify_images(
+        ctx, image_ids, settings=settings or ClassifierSettings(), backend=backend,
+        condition=condition, replicates=replicates, job_id=job_id, progress=progress))
+
+
+__all__ = [
+    "BackendFailed", "BackendNotConfigured", "Item", "MissingMasks", "UnknownImages",
+    "aclassify_images", "aclassify_items", "classify_images", "items_from_files",
+    "items_from_images", "llm_status",
+]

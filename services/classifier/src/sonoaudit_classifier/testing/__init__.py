@@ -1,0 +1,1 @@
+"""Test helpers shipped with the package so the pipeline's demo and tests can use them too."""
