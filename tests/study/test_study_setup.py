@@ -1,0 +1,264 @@
+"""Study set-up, per-reader order, answer rules, LLM reveal, export/import and the simulated
+panel, on the in-process API (SQLite)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sonoaudit.db.models import Answer, Assignment, Image, Reader, Study
+from sonoaudit_raters.study import (
+    AccessDenied,
+    EmptyStudy,
+    ImportProblems,
+    InvalidAnswer,
+    Locked,
+    NotAssigned,
+    StudyError,
+    add_reader,
+    create_study,
+    export_answers,
+    import_answers,
+    reader_link,
+    reveal_llm,
+    revoke_reader,
+    rows_to_csv,
+    select_images,
+    simulate_panel,
+    submit,
+)
+from sonoaudit_raters.study.ordering import reader_order
+from sonoaudit_raters.study.reading import view_for_token
+from sqlalchemy import func, select
+
+
+def _answers(store: Any, reader_id: str) -> list[Answer]:
+    with store.ctx.sessions() as s:
+        return list(s.scalars(select(Answer).where(Answer.reader_id == reader_id)))
+
+
+def test_empty_image_set_is_a_clear_error(store: Any) -> None:
+    with pytest.raises(EmptyStudy, match="has no images"):
+        create_study(store.ctx, "empty", [], [])
+
+
+def test_source_mismatch_and_unknown_ids_rejected(store: Any) -> None:
+    synth = store.synthetic_ids(1)
+    with pytest.raises(StudyError, match="source mismatch"):
+        create_study(store.ctx, "x", synth, [])
+    with pytest.raises(StudyError, match="not in the store"):
+        create_study(store.ctx, "x", ["nope"], [])
+
+
+def test_select_images_per_class(store: Any) -> None:
+    real, synth = select_images(store.ctx, dataset_id=store.dataset_id,
+                                generation_run_ids=list(store.runs.values()),
+                                per_class={"benign": 3, "malignant": 2}, seed=1)
+    with store.ctx.sessions() as s:
+        imgs = {i.id: i for i in s.scalars(select(Image).where(Image.id.in_(real + synth)))}
+    assert sorted(imgs[i].class_label for i in real) == ["benign"] * 3 + ["malignant"] * 2
+    assert {imgs[i].source for i in real} == {"real"}
+    assert sorted(imgs[i].class_label for i in synth) == ["benign"] * 3 + ["malignant"] * 2
+    assert {imgs[i].source for i in synth} == {"synthetic"}
+    again = select_images(store.ctx, dataset_id=store.dataset_id,
+                          generation_run_ids=list(store.runs.values()),
+                          per_class={"benign": 3, "malignant": 2}, seed=1)
+    assert again == (real, synth)
+    with pytest.raises(StudyError, match="only 10 available"):
+        select_images(store.ctx, generation_run_ids=list(store.runs.values()),
+                      per_class={"benign": 11})
+
+
+def test_reader_order_stable_per_reader_and_repeats_spaced() -> None:
+    items = [f"i{k:02d}" for k in range(30)]
+    repeats = {"r1": "i03", "r2": "i17"}
+    a1 = reader_order(items + list(repeats), repeats, study_seed=7, study_id="s", reader_id="a")
+    a2 = reader_order(items + list(repeats), repeats, study_seed=7, study_id="s", reader_id="a")
+    b = reader_order(items + list(repeats), repeats, study_seed=7, study_id="s", reader_id="b")
+    assert a1 == a2 and a1 != b
+    assert sorted(a1) == sorted(items + list(repeats))
+    for rep, orig in repeats.items():
+        assert abs(a1.index(rep) - a1.index(orig)) >= 5
+
+
+def test_study_items_hide_source_and_keep_ground_truth(store: Any) -> None:
+    real, synth = store.real_ids(2), store.synthetic_ids(2)
+    study, admin = create_study(store.ctx, "s", real, synth, n_repeats=2, seed=3)
+    assert admin and len(admin) >= 32
+    with store.ctx.sessions() as s:
+        st = s.get_one(Study, study.id)
+        assert st.admin_token_hash != admin  # stored hashed
+        assert st.provenance["seed"] == 3 and "packages" in st.provenance
+    tok = add_reader(store.ctx, study.id, "Dr A")
+    view = view_for_token(store.ctx, tok)
+    assert view.total == 8 + 2
+    # opaque keys: never the image id or its sha
+    with store.ctx.sessions() as s:
+        shas = {i.sha256 for i in s.scalars(select(Image))}
+        ids = {i.id for i in s.scalars(select(Image))}
+    for item in view.items:
+        assert item.item_key not in shas and item.item_key not in ids
+        assert not hasattr(item, "source") and not hasattr(item, "ground_truth")
+    assert reader_link("http://h:8004/", tok) == f"http://h:8004/study/r/{tok}"
+    with pytest.raises(StudyError, match="already has a reader named"):
+        add_reader(store.ctx, study.id, "Dr A")
+
+
+def test_answer_rules(store: Any, add_llm: Any) -> None:
+    real = store.real_ids(2)
+    study, _ = create_study(store.ctx, "rules", real, [], seed=0)
+    add_llm(store.ctx, real[:1] + real[2:3])  # benign[0] and malignant[0] have an LLM answer
+    tok = add_reader(store.ctx, study.id, "Dr B")
+    other = add_reader(store.ctx, study.id, "Dr C")
+    view = view_for_token(store.ctx, tok)
+    llm_item = next(i for i in view.items if i.has_llm)
+    plain = next(i for i in view.items if not i.has_llm)
+    good = {"class": "malignant", "confidence": "80"}
+
+    with pytest.raises(InvalidAnswer, match="confidence"):
+        submit(store.ctx, tok, llm_item.item_key, "read", {"class": "benign", "confidence": "30"},
+               client_event_id="evt-conf-30")
+    with pytest.raises(InvalidAnswer, match="class"):
+        submit(store.ctx, tok, llm_item.item_key, "read", {"class": "cyst", "confidence": "20"},
+               client_event_id="evt-bad-class")
+    with pytest.raises(InvalidAnswer, match="required"):
+        submit(store.ctx, tok, llm_item.item_key, "read", {"class": "benign"},
+               client_event_id="evt-missing")
+    with pytest.raises(NotAssigned):
+        submit(store.ctx, tok, "0000000000000000", "read", good, client_event_id="evt-unassign")
+    # LLM hidden and its step refused until stage 1 is locked
+    with pytest.raises(Locked):
+        reveal_llm(store.ctx, tok, llm_item.item_key)
+    with pytest.raises(Locked):
+        submit(store.ctx, tok, llm_item.item_key, "llm", {"llm_match": "agree"},
+               client_event_id="evt-early-llm")
+    assert _answers(store, view.reader_id) == []
+
+    r1 = submit(store.ctx, tok, llm_item.item_key, "read", good, client_event_id="evt-lock-1",
+                time_on_item_ms=4200)
+    r2 = submit(store.ctx, tok, llm_item.item_key, "read", good, client_event_id="evt-lock-1",
+                time_on_item_ms=4300)
+    assert (r1.recorded, r1.duplicate, r1.complete) == (2, False, False)
+    assert (r2.recorded, r2.duplicate) == (0, True)
+    assert len(_answers(store, view.reader_id)) == 2
+    rev = reveal_llm(store.ctx, tok, llm_item.item_key)
+    assert rev.label == "malignant" and rev.rationale and "LLM-RATIONALE" in rev.rationale
+    # the other reader has not locked this item: still hidden for them
+    with pytest.raises(Locked):
+        reveal_llm(store.ctx, other, llm_item.item_key)
+    with pytest.raises(Locked, match="locked"):
+        submit(store.ctx, tok, llm_item.item_key, "read", {"class": "benign", "confidence": "80"},
+               client_event_id="evt-change")
+    with pytest.raises(InvalidAnswer, match="llm_match"):
+        submit(store.ctx, tok, llm_item.item_key, "llm", {"llm_match": "maybe"},
+               client_event_id="evt-llm-bad")
+    done = submit(store.ctx, tok, llm_item.item_key, "llm",
+                  {"llm_match": "agree", "flag": ["mask_wrong"], "comment": "edge blurred"},
+                  client_event_id="evt-llm-ok")
+    assert done.complete and done.recorded == 3
+    # an edit of an optional answer is a new event, the old one stays
+    submit(store.ctx, tok, llm_item.item_key, "llm", {"llm_match": "partly", "flag": []},
+           client_event_id="evt-llm-edit")
+    events = [(a.question, a.value, a.meta.get("edit")) for a in _answers(store, view.reader_id)]
+    assert ("llm_match", "agree", False) in events and ("llm_match", "partly", True) in events
+    assert ("flag", "", True) in events  # cleared flag recorded as an event
+    # an item without an LLM answer is complete after one step; it has no LLM step
+    r = submit(store.ctx, tok, plain.item_key, "read", good | {"comment": "ok"},
+               client_event_id="evt-plain")
+    assert r.complete
+    with pytest.raises(InvalidAnswer, match="no LLM answer"):
+        submit(store.ctx, tok, plain.item_key, "llm", {"llm_match": "agree"},
+               client_event_id="evt-plain-llm")
+    assert view_for_token(store.ctx, tok).done == 2
+    # revoked token: denied, answers kept
+    revoke_reader(store.ctx, study.id, view.reader_id)
+    with pytest.raises(AccessDenied):
+        view_for_token(store.ctx, tok)
+    with pytest.raises(AccessDenied):
+        submit(store.ctx, tok, plain.item_key, "read", good, client_event_id="evt-after-revoke")
+    assert len(_answers(store, view.reader_id)) == 2 + 3 + 2 + 3
+
+
+def test_export_hidden_columns_and_import_roundtrip(store: Any, add_llm: Any,
+                                                     tmp_path: Path) -> None:
+    real, synth = store.real_ids(2), store.synthetic_ids(2)
+    study, _ = create_study(store.ctx, "exp", real, synth, seed=5)
+    add_llm(store.ctx, synth[:2])
+    ids = simulate_panel(store.ctx, study.id, n_readers=2, accuracy=1.0, seed=1)
+    rows = export_answers(store.ctx, study.id)
+    with store.ctx.sessions() as s:
+        images = {i.id: i for i in s.scalars(select(Image))}
+        assert s.get_one(Study, study.id).simulated
+        assert all(s.get_one(Reader, r).simulated for r in ids)
+    # 8 items × 2 readers × (class, confidence) + 2 LLM items × 2 readers × llm_match
+    assert len(rows) == 8 * 2 * 2 + 2 * 2
+    for row in rows:
+        img = images[row["image_id"]]
+        assert row["source"] == img.source and row["ground_truth"] == img.class_label
+        assert row["simulated"] is True
+        if row["question"] == "class":
+            assert row["answer"] == img.class_label  # accuracy=1.0
+        if row["question"] == "llm_match":
+            assert row["llm_label"] == "malignant"
+            assert row["answer"] in ("agree", "partly") if img.class_label == "malignant" \
+                else row["answer"] in ("disagree", "partly")
+    # import the same long CSV (readers renamed: ratings "from elsewhere") into a new study
+    other, _ = create_study(store.ctx, "imp", real, synth, seed=5)
+    keys_old = {r["item"]: r["image_id"] for r in rows}
+    with store.ctx.sessions() as s:
+        from sonoaudit.db.models import StudyItem
+
+        key_by_image = {i.image_id: i.item_key for i in
+                        s.scalars(select(StudyItem).where(StudyItem.study_id == other.id))}
+    csv_rows = [r | {"study": other.id, "item": key_by_image[keys_old[r["item"]]],
+                     "reader": "ext-" + r["reader"]}
+                for r in rows if r["question"] != "llm_match"]
+    path = tmp_path / "ratings.csv"
+    path.write_text(rows_to_csv(csv_rows))
+    rep = import_answers(store.ctx, other.id, path)
+    assert (rep.rows, rep.recorded, rep.duplicates) == (32, 32, 0)
+    assert len(rep.readers_created) == 2
+    again = import_answers(store.ctx, other.id, path)
+    assert (again.recorded, again.duplicates) == (0, 32)
+    out = export_answers(store.ctx, other.id)
+    assert sorted((r["reader"], r["image_id"], r["question"], r["answer"]) for r in out) == \
+        sorted((r["reader"], r["image_id"], r["question"], r["answer"]) for r in csv_rows)
+    assert all(r["imported"] for r in out)
+
+
+def test_import_reports_every_bad_row_and_writes_nothing(store: Any, tmp_path: Path) -> None:
+    study, _ = create_study(store.ctx, "bad", store.real_ids(1), [], seed=0)
+    with store.ctx.sessions() as s:
+        from sonoaudit.db.models import StudyItem
+
+        item = s.scalars(select(StudyItem).where(StudyItem.study_id == study.id)).first()
+        assert item is not None
+    path = tmp_path / "bad.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["item", "reader", "question", "answer", "source"])
+        w.writerow([item.item_key, "ext", "class", "benign", ""])  # fine
+        w.writerow([item.item_key, "ext", "confidence", "30", ""])  # off scale
+        w.writerow(["nope", "ext", "class", "benign", ""])  # unknown item
+        w.writerow([item.item_key, "ext", "class", "benign", "synthetic"])  # wrong hidden value
+    with pytest.raises(ImportProblems) as err:
+        import_answers(store.ctx, study.id, path)
+    text = str(err.value)
+    assert "bad.csv:3" in text and "confidence" in text
+    assert "bad.csv:4" in text and "bad.csv:5" in text and "bad.csv:2" not in text
+    with store.ctx.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Answer)
+                        .where(Answer.study_id == study.id)) == 0
+        assert s.scalar(select(func.count()).select_from(Reader)
+                        .where(Reader.study_id == study.id)) == 0
+
+
+def test_assignments_materialised_at_enrolment(store: Any) -> None:
+    study, _ = create_study(store.ctx, "asg", store.real_ids(3), [], n_repeats=1, seed=2)
+    add_reader(store.ctx, study.id, "A")
+    with store.ctx.sessions() as s:
+        rows = s.execute(select(Assignment.position).where(Assignment.study_id == study.id)
+                         .order_by(Assignment.position)).scalars().all()
+    assert rows == list(range(7))
