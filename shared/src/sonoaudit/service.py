@@ -20,6 +20,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.routing import Match
 
 correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 access_log = logging.getLogger("sonoaudit.access")
@@ -46,6 +47,18 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
+def _route_label(request: Request) -> str:
+    """The route template (bounded label values). FastAPI only records APIRoutes in the scope;
+    plain routes (/openapi.json, /docs, mounts) are looked up; anything else is 'unmatched'."""
+    route = request.scope.get("route")
+    if route is None:
+        for candidate in request.app.router.routes:
+            if candidate.matches(request.scope)[0] == Match.FULL:
+                route = candidate
+                break
+    return str(getattr(route, "path", "unmatched"))
+
+
 def base_app(name: str, lifespan: Any, ready: ReadyCheck, **kwargs: Any) -> FastAPI:
     """A FastAPI app with /healthz, /readyz, /metrics and correlation-id middleware."""
     app = FastAPI(title=f"sonoaudit {name}", lifespan=lifespan, **kwargs)
@@ -65,8 +78,7 @@ def base_app(name: str, lifespan: Any, ready: ReadyCheck, **kwargs: Any) -> Fast
         start = time.perf_counter()
         try:
             response = await call_next(request)
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = _route_label(request)
             elapsed = time.perf_counter() - start
             # One access line per request, inside the correlation scope so it carries the id
             # (uvicorn's own access log runs after the scope ends; `serve` turns it off).
