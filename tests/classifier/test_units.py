@@ -1,0 +1,164 @@
+"""Pure logic: answer validation, prompt hashing, condition rendering, backoff, rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sonoaudit_classifier.backends.base import CallError
+from sonoaudit_classifier.conditions import SIDE_GAP_PX, BadImage, render
+from sonoaudit_classifier.prompts import UnknownPrompt, load_prompt
+from sonoaudit_classifier.ratelimit import ModelLimiter
+from sonoaudit_classifier.retry import CallStats, RetriesExhausted, RetryPolicy, call_with_retries
+from sonoaudit_classifier.settings import ClassifierSettings, backend_problem
+from sonoaudit_classifier.testing.fake_servers import verdict_for
+from sonoaudit_classifier.verdict import InvalidAnswer, parse_verdict
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_parse_valid_and_fenced() -> None:
+    text = json.dumps(verdict_for("malignant"))
+    assert parse_verdict(text).label == "malignant"
+    assert parse_verdict(f"```json\n{text}\n```").confidence == 80
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("", "empty answer"),
+    ('{"label": "benign"', "not JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    (json.dumps({**verdict_for("benign"), "label": "cancer"}), "label"),
+    (json.dumps({**verdict_for("benign"), "confidence": 87.5}), "confidence"),
+    (json.dumps({**verdict_for("benign"), "confidence": 101}), "confidence"),
+    (json.dumps({k: v for k, v in verdict_for("benign").items() if k != "findings"}), "findings"),
+])
+def test_parse_rejects(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidAnswer, match=fragment):
+        parse_verdict(text)
+
+
+def test_prompt_hash_is_stable_and_differs_per_condition() -> None:
+    a, b = load_prompt("v1", "image"), load_prompt("v1", "image")
+    assert a.hash == b.hash and len(a.hash) == 64
+    assert a.hash != load_prompt("v1", "outline").hash
+    # Findings are asked before the label.
+    assert a.task.index("BI-RADS") < a.task.index('"malignant"')
+    with pytest.raises(UnknownPrompt, match="condition"):
+        load_prompt("v1", "with_report")
+    with pytest.raises(UnknownPrompt, match="not found"):
+        load_prompt("v999", "image")
+
+
+def test_render_image_keeps_bytes_and_outline_marks_boundary() -> None:
+    img = np.full((10, 12), 100, dtype=np.uint8)
+    data = _png(img)
+    assert render(data, "image").data == data
+    mask = np.zeros((10, 12), dtype=np.uint8)
+    mask[2:8, 3:9] = 255  # 6x6 square
+    out = np.asarray(Image.open(io.BytesIO(render(data, "outline", _png(mask)).data)))
+    green = (out[..., 0] == 0) & (out[..., 1] == 255) & (out[..., 2] == 0)
+    # A 2-px inner ring of a 6x6 square: 36 - 2x2 interior = 32 pixels, all inside the square.
+    assert green.sum() == 32
+    assert not green[~(mask > 0)].any()
+    side = np.asarray(Image.open(io.BytesIO(render(data, "side_by_side", _png(mask)).data)))
+    assert side.shape == (10, 2 * 12 + SIDE_GAP_PX, 3)
+    assert (side[:, 12 + SIDE_GAP_PX:, 0] > 0).sum() == 36
+    assert (side[:, :12, 0] == 100).all()
+
+
+def test_render_errors_name_the_problem() -> None:
+    with pytest.raises(BadImage, match="image: not a readable image"):
+        render(b"not an image", "image")
+    data = _png(np.zeros((10, 12), dtype=np.uint8))
+    with pytest.raises(BadImage, match="needs the image's mask"):
+        render(data, "outline", None)
+    with pytest.raises(BadImage, match="does not match"):
+        render(data, "outline", _png(np.zeros((5, 5), dtype=np.uint8)))
+
+
+def test_backoff_is_exponential_with_bounded_jitter() -> None:
+    p = RetryPolicy(initial_s=1.0, max_s=8.0, rng=random.Random(1))
+    for attempt, step in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0)]:
+        delays = [p.backoff(attempt) for _ in range(200)]
+        assert min(delays) >= step / 2 and max(delays) <= step
+        assert max(delays) - min(delays) > step / 4  # really jittered
+
+
+def test_no_key_is_reported_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "SONOAUDIT_GEMINI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    s = ClassifierSettings()
+    assert "GEMINI_API_KEY" in (backend_problem(s) or "")
+    assert "SONOAUDIT_OPENAI_BASE_URL" in (backend_problem(s, "openai") or "")
+    assert "unknown LLM backend 'claude'" in (backend_problem(s, "claude") or "")
+    monkeypatch.setenv("GOOGLE_API_KEY", "secret-value")
+    s = ClassifierSettings()
+    assert backend_problem(s) is None
+    assert "secret-value" not in repr(s) and "secret-value" not in json.dumps(s.public_dict())
+
+
+async def test_retry_honours_server_delay_and_counts_attempts() -> None:
+    calls: list[float] = []
+
+    async def flaky() -> str:
+        calls.append(time.perf_counter())
+        if len(calls) == 1:
+            raise CallError("429", status=429, retryable=True, retry_after_s=0.3)
+        if len(calls) == 2:
+            raise CallError("503", status=503, retryable=True)
+        return "done"
+
+    stats = CallStats()
+    policy = RetryPolicy(max_attempts=5, initial_s=0.01, max_s=0.02)
+    assert await call_with_retries(flaky, policy, ModelLimiter(2, None), stats) == "done"
+    assert stats.attempts == 3
+    assert calls[1] - calls[0] >= 0.3  # waited at least what the server asked
+
+    async def bad_request() -> str:
+        raise CallError("400", status=400)
+
+    stats = CallStats()
+    with pytest.raises(RetriesExhausted, match="not retryable after 1"):
+        await call_with_retries(bad_request, policy, ModelLimiter(2, None), stats)
+    assert stats.attempts == 1
+
+
+async def test_rate_limit_spaces_call_starts() -> None:
+    limiter = ModelLimiter(concurrency=10, rpm=600)  # one start per 0.1 s
+    starts: list[float] = []
+
+    async def one() -> None:
+        async with limiter.slot():
+            starts.append(asyncio.get_running_loop().time())
+
+    await asyncio.gather(*(one() for _ in range(6)))
+    gaps = np.diff(sorted(starts))
+    assert gaps.min() >= 0.095
+    assert starts[-1] - starts[0] >= 0.5 - 0.01
+
+
+async def test_concurrency_limit_caps_in_flight() -> None:
+    limiter = ModelLimiter(concurrency=3, rpm=None)
+    live, peak = 0, 0
+
+    async def one() -> None:
+        nonlocal live, peak
+        async with limiter.slot():
+            live += 1
+            peak = max(peak, live)
+            await asyncio.sleep(0.02)
+            live -= 1
+
+    await asyncio.gather(*(one() for _ in range(12)))
+    assert peak == 3
