@@ -1,0 +1,238 @@
+"""Generation wired to the store: a model id in, PNG pairs + manifest + ``Image`` rows out.
+
+Idempotent: sample ``i`` of a run is drawn from its own seed, rows are unique on
+``(generation_run_id, sample_index)``, and samples already stored are skipped, so a redelivered
+job (same ``job_id`` → same run) only fills in what is missing and never duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from sonoaudit.context import AppContext
+from sonoaudit.datasets.imageio import png_bytes
+from sonoaudit.db.models import GenerationRun, Image, Model
+from sonoaudit.db.session import session_scope
+from sonoaudit.filestore import atomic_write_bytes
+from sonoaudit.provenance import provenance
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from sonoaudit_generator.checkpoint import Checkpoint, load_checkpoint, load_weights
+from sonoaudit_generator.config import SAMPLERS
+from sonoaudit_generator.denoiser import build_denoiser
+from sonoaudit_generator.qc import mask_qc, summarise
+from sonoaudit_generator.sampling import Backend, TorchBackend, sample_batch, sample_seed
+from sonoaudit_generator.schedules import check_steps, sampler_scheduler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp": 25}  # None = T (the study's ancestral DDPM)
+BACKENDS = ("torch", "onnx")
+
+
+class GenerationError(ValueError):
+    """Bad generation request (unknown model, sampler, step count…)."""
+
+
+def default_steps(sampler: str, num_train_timesteps: int) -> int:
+    return DEFAULT_STEPS.get(sampler) or num_train_timesteps
+
+
+def get_model(ctx: AppContext, model_id: str) -> Model:
+    with session_scope(ctx.sessions) as s:
+        m = s.get(Model, model_id)
+        if m is None:
+            raise GenerationError(f"unknown model id {model_id!r} (see `sonoaudit models`)")
+        return m
+
+
+def find_model_for_class(ctx: AppContext, class_label: str) -> Model:
+    """The newest model trained for ``class_label``."""
+    with session_scope(ctx.sessions) as s:
+        m = s.scalars(select(Model).where(Model.class_label == class_label)
+                      .order_by(Model.created_at.desc())).first()
+        if m is None:
+            raise GenerationError(f"no trained model for class {class_label!r}")
+        return m
+
+
+def make_backend(ckpt: Checkpoint, backend: str = "torch", *, device: str | None = None,
+                 bf16: bool = False) -> Backend:
+    if backend == "torch":
+        net = build_denoiser(ckpt.profile.model)
+        load_weights(net, ckpt.ema, ckpt.path, ckpt.profile.model)
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return TorchBackend(net.to(dev), bf16=bf16)
+    if backend == "onnx":
+        from sonoaudit_generator.onnx_backend import OrtBackend, export_onnx
+
+        onnx_path = ckpt.path / "denoiser.onnx"
+        if not onnx_path.exists():
+            export_onnx(ckpt, onnx_path)
+        return OrtBackend(onnx_path)
+    raise GenerationError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def validate_request(ckpt: Checkpoint, n: int, sampler: str, steps: int, max_n: int) -> None:
+    if sampler not in SAMPLERS:
+        raise GenerationError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    if not 1 <= n <= max_n:
+        raise GenerationError(f"n must be in 1..{max_n}, got {n}")
+    try:
+        check_steps(ckpt.profile.schedule, sampler, steps)
+    except ValueError as exc:
+        raise GenerationError(str(exc)) from exc
+
+
+def generate(
+    ctx: AppContext,
+    model_id: str,
+    n: int,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    *,
+    batch_size: int = 16,
+    backend: str = "torch",
+    job_id: str | None = None,
+    max_n: int = 10_000,
+    progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> GenerationRun:
+    """Sample ``n`` image/mask pairs; returns the finished ``GenerationRun`` (with ``qc_summary``).
+
+    Out of memory (GPU) halves the batch and retries; at batch 1 the error propagates.
+    """
+    from tqdm import tqdm
+
+    model = get_model(ctx, model_id)
+    ckpt = load_checkpoint(Path(model.checkpoint_path))
+    steps = steps if steps is not None else default_steps(
+        sampler, ckpt.profile.schedule.num_train_timesteps)
+    validate_request(ckpt, n, sampler, steps, max_n)
+    size = ckpt.profile.model.sample_size
+    channels = ckpt.profile.model.in_channels
+    prov = provenance(model_id=model.id, model_name=model.name, class_label=model.class_label,
+                      checkpoint=model.checkpoint_path, checkpoint_step=ckpt.step,
+                      seed=seed, sampler=sampler, steps=steps, backend=backend,
+                      schedule=ckpt.profile.schedule.model_dump(mode="json"),
+                      seed_rule="sample i uses SeedSequence([seed, i])",
+                      mask_rule="mask channel > 0")
+    with session_scope(ctx.sessions) as s:
+        run = None
+        if job_id is not None:
+            run = s.scalars(select(GenerationRun).where(GenerationRun.job_id == job_id)).first()
+        if run is None:
+            run = GenerationRun(model_id=model.id, job_id=job_id, class_label=model.class_label,
+                                n=n, sampler=sampler, steps=steps, seed=seed, provenance=prov)
+            s.add(run)
+        elif (run.n, run.sampler, run.steps, run.seed) != (n, sampler, steps, seed):
+            raise GenerationError(f"job {job_id} already ran with other parameters")
+        run.status = "running"
+        s.flush()
+        run_id = run.id
+        done = set(s.scalars(select(Image.sample_index)
+                             .where(Image.generation_run_id == run_id)))
+    out = Path(out_dir) if out_dir is not None else ctx.settings.home / "generated" / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    be = make_backend(ckpt, backend)
+    todo = [i for i in range(n) if i not in done]
+    bar = tqdm(total=n, initial=n - len(todo), disable=not progress, unit="img",
+               desc=f"generate {model.class_label or ''} {sampler}×{steps}")
+    bs = max(1, batch_size)
+    pos = 0
+    try:
+        while pos < len(todo):
+            idx = todo[pos:pos + bs]
+            try:
+                res = sample_batch(be, lambda: sampler_scheduler(ckpt.profile.schedule, sampler,
+                                                                 steps),
+                                   seed=seed, indices=idx, channels=channels, size=size)
+            except Exception as exc:
+                if _is_oom(exc) and bs > 1:
+                    bs = max(1, bs // 2)
+                    log.warning("out of memory; retrying with batch %d", bs)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    continue
+                raise
+            _store_batch(ctx, run_id, model, idx, res.images, res.masks, seed, out)
+            pos += len(idx)
+            bar.update(len(idx))
+            if on_progress is not None:
+                on_progress(n - len(todo) + pos, n)
+    except BaseException as exc:
+        with session_scope(ctx.sessions) as s:
+            r = s.get_one(GenerationRun, run_id)
+            r.status = "failed"
+            r.provenance = {**r.provenance, "error": repr(exc)[:2000]}
+        raise
+    finally:
+        bar.close()
+    return _finish(ctx, run_id, out)
+
+
+def _store_batch(ctx: AppContext, run_id: str, model: Model, indices: list[int],
+                 images: Any, masks: Any, seed: int, out: Path) -> None:
+    rows = []
+    for k, i in enumerate(indices):
+        img, msk = images[k], masks[k]
+        ib, mb = png_bytes(img), png_bytes(msk)
+        sha, rel = ctx.store.put(ib)
+        msha, mrel = ctx.store.put(mb)
+        stem = f"{model.class_label or 'sample'}_{i:05d}"
+        atomic_write_bytes(out / f"{stem}_image.png", ib)
+        atomic_write_bytes(out / f"{stem}_mask.png", mb)
+        rows.append(Image(
+            sha256=sha, mask_sha256=msha, source="synthetic",
+            class_label=model.class_label or "unknown", name=f"{run_id}_{i:05d}", path=rel,
+            mask_path=mrel, width=int(img.shape[1]), height=int(img.shape[0]),
+            generation_run_id=run_id, sample_index=i,
+            meta={"qc": mask_qc(img, msk), "sample_seed": sample_seed(seed, i),
+                  "files": [f"{stem}_image.png", f"{stem}_mask.png"]},
+        ))
+    try:
+        with session_scope(ctx.sessions) as s:
+            s.add_all(rows)
+    except IntegrityError:
+        # another delivery of the same job stored some of these meanwhile: add only the rest
+        with session_scope(ctx.sessions) as s:
+            have = set(s.scalars(select(Image.sample_index)
+                                 .where(Image.generation_run_id == run_id)))
+            s.add_all([r for r in rows if r.sample_index not in have])
+
+
+def _finish(ctx: AppContext, run_id: str, out: Path) -> GenerationRun:
+    with session_scope(ctx.sessions) as s:
+        run = s.get_one(GenerationRun, run_id)
+        imgs = list(s.scalars(select(Image).where(Image.generation_run_id == run_id)
+                              .order_by(Image.sample_index)))
+        qcs = [im.meta["qc"] for im in imgs]
+        run.qc_summary = summarise(qcs)
+        run.status = "done"
+        run.finished_at = datetime.now(UTC)
+        manifest = {
+            "generation_run_id": run.id, "model_id": run.model_id, "job_id": run.job_id,
+            "class_label": run.class_label, "n": run.n, "sampler": run.sampler,
+            "steps": run.steps, "seed": run.seed, "provenance": run.provenance,
+            "qc_summary": run.qc_summary,
+            "samples": [{"index": im.sample_index, "image_id": im.id,
+                         "image": im.meta["files"][0], "mask": im.meta["files"][1],
+                         "sha256": im.sha256, "mask_sha256": im.mask_sha256,
+                         "qc": im.meta["qc"]} for im in imgs],
+        }
+        s.flush()
+    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=2).encode())
+    return run
