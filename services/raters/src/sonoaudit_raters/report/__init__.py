@@ -1,0 +1,1 @@
+"""The study report: data loading, analysis, figures and HTML/JSON/CSV rendering."""

@@ -1,0 +1,196 @@
+"""The study's numbers: agreement, accuracy (readers, majority vote, LLM), reader-vs-LLM kappa,
+"does the LLM match you" answers and confidence distributions — each by stratum (all, real vs
+synthetic, class, dataset, class × source) with real − synthetic differences."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from sonoaudit.provenance import provenance
+
+from sonoaudit_raters.report.study_data import StudyData
+from sonoaudit_raters.stats import agreement, from_long, pairwise_kappa
+from sonoaudit_raters.stats.accuracy import TIE_POLICIES, TiePolicy, accuracy, match_summary
+from sonoaudit_raters.stats.strata import by_strata
+from sonoaudit_raters.stats.table import RatingTable
+
+ATTRS = ("source", "ground_truth", "dataset")
+DEFAULT_CLASSES = ["benign", "malignant", "normal"]
+DEFAULT_CONFIDENCE = [str(v) for v in range(0, 101, 20)]
+
+
+def _questions(data: StudyData) -> dict[str, dict[str, Any]]:
+    qs = {q["key"]: q for q in data.study.get("config", {}).get("questions", [])}
+    return qs
+
+
+def _class_scale(q: dict[str, Any] | None) -> list[str]:
+    return list(q["options"]) if q and q.get("options") else DEFAULT_CLASSES
+
+
+def _confidence_scale(q: dict[str, Any] | None) -> list[str]:
+    if q and q.get("kind") == "scale":
+        return [str(v) for v in range(int(q["min"]), int(q["max"]) + 1, int(q["step"]))]
+    return DEFAULT_CONFIDENCE
+
+
+def question_table(data: StudyData, question: str, scale: list[str], level: str
+                   ) -> RatingTable | None:
+    """Reader answers to one question as a rating table over the study's non-repeat items."""
+    base = {i["item"]: i for i in data.items if not i["repeat_of"]}
+    rows = [{"item": a["item"], "rater": a["reader"], "value": a["answer"],
+             **{k: base[a["item"]][k] for k in ATTRS}}
+            for a in data.answers if a["question"] == question and a["item"] in base]
+    if not rows:
+        return None
+    return from_long(rows, level=level, scale=scale, attrs=ATTRS,  # type: ignore[arg-type]
+                     source=f"study {data.study['id']} question {question!r}")
+
+
+def llm_configs(data: StudyData) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for c in data.llm:
+        key = f"{c['backend']}:{c['model']} prompt {c['prompt_version']} / {c['condition']}"
+        out.setdefault(key, []).append(c)
+    return out
+
+
+def llm_table(data: StudyData, rows: list[dict[str, Any]], scale: list[str]) -> RatingTable:
+    """One rater per replicate plus the replicates' consensus (modal label; tie → no answer).
+    Items with an abstention/invalid answer stay in, as missing: counted wrong, never dropped."""
+    base = {i["image_id"]: i for i in data.items if not i["repeat_of"]}
+    by_img_rep: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:  # oldest first: the latest attempt per replicate wins
+        by_img_rep[(row["image_id"], int(row["replicate"]))] = row
+    long: list[dict[str, Any]] = []
+    reps = sorted({r for _, r in by_img_rep})
+    for img, item in base.items():
+        labels = []
+        for r in reps:
+            found = by_img_rep.get((img, r))
+            if found is None:
+                continue
+            c = found
+            ok = c["status"] == "ok" and c["label"] in scale
+            labels.append(c["label"] if ok else None)
+            long.append({"item": item["item"], "rater": f"replicate {r}",
+                         "value": c["label"] if ok else None,
+                         **{k: item[k] for k in ATTRS}})
+        if labels:
+            counts = Counter(x for x in labels if x is not None).most_common()
+            top = counts[0][0] if counts and (len(counts) == 1 or counts[0][1] > counts[1][1]) \
+                else None
+            long.append({"item": item["item"], "rater": "consensus", "value": top,
+                         **{k: item[k] for k in ATTRS}})
+    return from_long(long, scale=scale, attrs=ATTRS, source="LLM classifications")
+
+
+def _truth(t: RatingTable) -> list[str | None]:
+    return list(t.attrs["ground_truth"])
+
+
+def analyse_study(data: StudyData, *, n_boot: int = 2000, seed: int = 0,
+                  positive: str = "malignant", tie_policy: TiePolicy = "wrong") -> dict[str, Any]:
+    qs = _questions(data)
+    cls_q = qs.get("class")
+    conf_q = qs.get("confidence")
+    classes = _class_scale(cls_q)
+    out: dict[str, Any] = {
+        "study": {k: data.study[k] for k in ("id", "name", "simulated", "seed", "created_at")},
+        "simulated": data.simulated, "phantom": data.phantom,
+        "n_items": sum(1 for i in data.items if not i["repeat_of"]),
+        "n_repeat_items": sum(1 for i in data.items if i["repeat_of"]),
+        "readers": data.readers, "datasets": data.datasets,
+        "items_by_stratum": dict(Counter(f"{i['source']}/{i['ground_truth']}"
+                                         for i in data.items if not i["repeat_of"])),
+        "not_run": [],
+        "provenance": provenance(kind="study-report", study_id=data.study["id"], seed=seed,
+                                 n_boot=n_boot, ci="percentile bootstrap over items, stratified "
+                                 "by group for real − synthetic differences",
+                                 tie_policy=tie_policy, tie_policy_text=TIE_POLICIES[tie_policy],
+                                 positive_class=positive,
+                                 study_provenance=data.study.get("provenance")),
+    }
+    not_run: list[dict[str, str]] = out["not_run"]
+    cls_t = question_table(data, "class", classes, "nominal")
+    if cls_t is None:
+        not_run.append({"section": "reader agreement and accuracy",
+                        "why": "no reader has answered the class question yet"})
+    else:
+        out["class_agreement"] = by_strata(
+            cls_t, lambda t, s: agreement(t, n_boot=n_boot, seed=s), seed)
+        out["reader_accuracy"] = by_strata(
+            cls_t, lambda t, s: accuracy(t, _truth(t), positive=positive, tie_policy=tie_policy,
+                                         n_boot=n_boot, seed=s), seed)
+        if cls_t.n_raters < 2:
+            not_run.append({"section": "inter-reader agreement",
+                            "why": f"only {cls_t.n_raters} reader has answered"})
+    conf_t = question_table(data, "confidence", _confidence_scale(conf_q), "ordinal")
+    if conf_t is None:
+        not_run.append({"section": "confidence agreement and histograms",
+                        "why": "no confidence answers (question absent or not answered yet)"})
+    else:
+        out["confidence_agreement"] = by_strata(
+            conf_t, lambda t, s: agreement(t, n_boot=n_boot, seed=s), seed)
+        hist: dict[str, dict[str, int]] = {}
+        for src in ("real", "synthetic"):
+            m = np.array([x == src for x in conf_t.attrs["source"]])
+            vals = conf_t.codes[m][conf_t.codes[m] >= 0]
+            hist[src] = {c: int((vals == k).sum()) for k, c in enumerate(conf_t.categories)}
+        out["confidence_histogram"] = hist
+    configs = llm_configs(data)
+    if not configs:
+        not_run.append({"section": "LLM accuracy and reader-vs-LLM agreement",
+                        "why": "no LLM classification of the study's images is stored (no LLM "
+                               "backend configured, or `sonoaudit classify` was not run)"})
+    out["llm"] = {}
+    for key, rows in configs.items():
+        t = llm_table(data, rows, classes)
+        statuses = Counter(r["status"] for r in rows)
+        entry: dict[str, Any] = {
+            "n_classifications": len(rows), "status_counts": dict(statuses),
+            "n_items": t.n_items,
+            "accuracy": by_strata(t, lambda tt, s: accuracy(
+                tt, _truth(tt), positive=positive, missing="wrong", majority=False,
+                n_boot=n_boot, seed=s), seed),
+        }
+        if cls_t is not None:
+            entry["reader_vs_llm"] = _reader_vs_llm(cls_t, t, n_boot, seed)
+        out["llm"][key] = entry
+    match = [a for a in data.answers if a["question"] == "llm_match"]
+    if match:
+        base = {i["item"]: i for i in data.items}
+        summary: dict[str, Any] = {"all": match_summary([a["answer"] for a in match])}
+        for src in ("real", "synthetic"):
+            summary[f"source={src}"] = match_summary(
+                [a["answer"] for a in match if base[a["item"]]["source"] == src])
+        for right in (True, False):
+            summary["llm_correct" if right else "llm_wrong"] = match_summary(
+                [a["answer"] for a in match if a.get("llm_label")
+                 and (a["llm_label"] == base[a["item"]]["ground_truth"]) == right])
+        out["llm_match"] = summary
+    else:
+        not_run.append({"section": "does the LLM match you",
+                        "why": "no answers to the llm_match question (LLM answers not revealed "
+                               "to readers, or not answered yet)"})
+    if not data.metric_runs:
+        not_run.append({"section": "image metrics (FID/KID/IS)",
+                        "why": "no metric run refers to this study's datasets or generation runs "
+                               "(run `sonoaudit metrics` first)"})
+    return out
+
+
+def _reader_vs_llm(readers: RatingTable, llm: RatingTable, n_boot: int, seed: int
+                   ) -> list[dict[str, Any]]:
+    """Cohen's kappa of each reader against the LLM consensus on the items both answered."""
+    if "consensus" not in llm.raters:
+        return []
+    cons = dict(zip(llm.items, llm.codes[:, llm.raters.index("consensus")].tolist(),
+                    strict=True))
+    col = np.array([cons.get(it, -1) for it in readers.items], dtype=np.int64)
+    combined = RatingTable(list(readers.items), [*readers.raters, "LLM"], list(readers.categories),
+                           np.column_stack([readers.codes, col]), "nominal", dict(readers.attrs))
+    return pairwise_kappa(combined, pairs=[(r, "LLM") for r in readers.raters],
+                          n_boot=n_boot, seed=seed)
