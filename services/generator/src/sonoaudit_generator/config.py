@@ -69,7 +69,6 @@ class TrainConfig(_Config):
     weight_decay: float = Field(default=0.0, ge=0)
     ema_decay: float = Field(default=0.995, ge=0, lt=1)
     grad_clip: float = Field(default=1.0, gt=0)
-    val_fraction: float = Field(default=0.1, ge=0, lt=1)
     checkpoint_every: int = Field(default=500, ge=1)
     amp: bool = True  # bf16 autocast on CUDA only
     flip: bool = True
@@ -109,7 +108,7 @@ def profile(name: str) -> Profile:
                               groups=4),
             schedule=ScheduleConfig(num_train_timesteps=100),
             train=TrainConfig(image_size=16, batch_size=4, steps=6, lr=1e-3,
-                              checkpoint_every=3, val_fraction=0.0),
+                              checkpoint_every=3),
         )
     raise ValueError(f"unknown profile {name!r}; expected one of quick, paper, tiny")
 

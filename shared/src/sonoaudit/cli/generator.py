@@ -1,9 +1,131 @@
-"""CLI commands of the generator area (filled in by that area)."""
+"""``sonoaudit train | generate | export-onnx | models``: the D-DDPM generator."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import typer
+
+from sonoaudit.cli.common import fail, print_json
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("train")
+    def train_cmd(
+        data: str = typer.Option(..., "--data", help="Dataset folder, or an imported dataset id."),
+        class_label: str = typer.Option(..., "--class", help="benign | malignant."),
+        profile: str = typer.Option("quick", help="quick (64px, CPU) | paper (128px, GPU)."),
+        out: Path | None = typer.Option(None, help="Output folder (checkpoint, loss curve)."),
+        seed: int = typer.Option(0, help="Seed of weights, batches, noise."),
+        steps: int | None = typer.Option(None, help="Override the profile's step count."),
+        resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
+        threads: int | None = typer.Option(None, help="torch CPU threads."),
+    ) -> None:
+        """Train one per-class joint image+mask DDPM. Under torchrun, trains with DDP."""
+        import torch
+        from sonoaudit_generator.checkpoint import CheckpointError
+        from sonoaudit_generator.config import PROFILES
+        from sonoaudit_generator.store_training import train_model
+
+        from sonoaudit.cli.common import context
+
+        if profile not in PROFILES:
+            fail(f"--profile {profile!r}: expected one of {', '.join(PROFILES)}")
+        if threads:
+            torch.set_num_threads(threads)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        ctx = context()
+        try:
+            model = train_model(ctx, data, class_label, profile, out, seed, resume=resume,
+                                steps=steps)
+        except (CheckpointError, ValueError) as exc:
+            fail(str(exc))
+        finally:
+            ctx.close()
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
+        if model is not None:
+            print_json({"model_id": model.id, "name": model.name, "class": model.class_label,
+                        "checkpoint": model.checkpoint_path})
+
+    @app.command("generate")
+    def generate_cmd(
+        model: str = typer.Option(..., "--model", help="Model id (see `sonoaudit models`)."),
+        n: int = typer.Option(16, "--n", help="Number of image/mask pairs."),
+        sampler: str = typer.Option("ddpm", help="ddpm (ancestral) | ddim | dpmpp."),
+        steps: int | None = typer.Option(None, help="Denoising steps (default: T, 50, 25)."),
+        seed: int = typer.Option(0),
+        out: Path | None = typer.Option(None, help="Folder for PNG pairs + manifest.json."),
+        batch_size: int = typer.Option(16, help="Samples per batch."),
+        backend: str = typer.Option("torch", help="torch | onnx (ONNX Runtime)."),
+        threads: int | None = typer.Option(None, help="torch CPU threads."),
+    ) -> None:
+        """Generate aligned image/mask PNG pairs, run mask QC, register them in the store."""
+        import torch
+        from sonoaudit_generator.checkpoint import CheckpointError
+        from sonoaudit_generator.generation import generate
+
+        from sonoaudit.cli.common import context
+
+        if threads:
+            torch.set_num_threads(threads)
+        ctx = context()
+        try:
+            run = generate(ctx, model, n, sampler, steps, seed, out, batch_size=batch_size,
+                           backend=backend)
+        except (CheckpointError, ValueError) as exc:
+            fail(str(exc))
+        finally:
+            ctx.close()
+        print_json({"generation_run_id": run.id, "n": run.n, "sampler": run.sampler,
+                    "steps": run.steps, "qc_summary": run.qc_summary,
+                    "out": str(out) if out else None})
+
+    @app.command("export-onnx")
+    def export_cmd(
+        model: str = typer.Option(..., "--model", help="Model id."),
+        out: Path | None = typer.Option(None, help="Default: <checkpoint>/denoiser.onnx."),
+    ) -> None:
+        """Export the denoiser (EMA weights) to ONNX with a dynamic batch axis."""
+        from sonoaudit_generator.checkpoint import CheckpointError, load_checkpoint
+        from sonoaudit_generator.generation import get_model
+        from sonoaudit_generator.onnx_backend import export_onnx
+
+        from sonoaudit.cli.common import context
+
+        ctx = context()
+        try:
+            m = get_model(ctx, model)
+            ckpt = load_checkpoint(Path(m.checkpoint_path))
+            path = export_onnx(ckpt, out or ckpt.path / "denoiser.onnx")
+        except (CheckpointError, ValueError) as exc:
+            fail(str(exc))
+        finally:
+            ctx.close()
+        print_json({"model_id": model, "onnx": str(path)})
+
+    @app.command("models")
+    def models_cmd() -> None:
+        """List trained models."""
+        from sqlalchemy import select
+
+        from sonoaudit.cli.common import context
+        from sonoaudit.db.models import Model
+        from sonoaudit.db.session import session_scope
+
+        ctx = context()
+        try:
+            with session_scope(ctx.sessions) as s:
+                rows = [{"id": m.id, "name": m.name, "class": m.class_label,
+                         "backbone": m.backbone, "checkpoint": m.checkpoint_path,
+                         "created_at": m.created_at} for m in s.scalars(select(Model))]
+        finally:
+            ctx.close()
+        print_json(rows)
