@@ -70,9 +70,9 @@ def export_events(ctx: AppContext, study_id: str) -> list[dict[str, Any]]:
     """Every answer event in order (the audit trail), with reader and item keys."""
     with ctx.sessions() as s:
         keys = dict(s.execute(select(StudyItem.id, StudyItem.item_key)
-                              .where(StudyItem.study_id == study_id)).tuples().all())
+                              .where(StudyItem.study_id == study_id)).all())
         names = dict(s.execute(select(Reader.id, Reader.name)
-                               .where(Reader.study_id == study_id)).tuples().all())
+                               .where(Reader.study_id == study_id)).all())
         return [{"event_id": a.id, "item": keys[a.item_id], "reader": names[a.reader_id],
                  "question": a.question, "answer": a.value, "time": a.created_at.isoformat(),
                  "time_on_item_ms": a.time_on_item_ms, "imported": a.imported, "meta": a.meta}

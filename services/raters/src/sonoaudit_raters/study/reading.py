@@ -239,7 +239,7 @@ def own_answers(ctx: AppContext, token: str) -> list[dict[str, Any]]:
     with ctx.sessions() as s:
         reader = reader_for_token(s, token)
         keys = dict(s.execute(select(StudyItem.id, StudyItem.item_key)
-                              .where(StudyItem.study_id == reader.study_id)).tuples().all())
+                              .where(StudyItem.study_id == reader.study_id)).all())
         return [{"item": keys[a.item_id], "question": a.question, "answer": a.value,
                  "time": _iso(a.created_at), "time_on_item_ms": a.time_on_item_ms}
                 for a in s.scalars(select(Answer).where(Answer.reader_id == reader.id)

@@ -1,0 +1,206 @@
+"""End to end in real headless Chromium (Debian's, driven by Playwright): readers answer with the
+keyboard, resume after a reload, see the LLM answer only after locking, and cannot reach admin
+routes or other readers' answers. Screenshots go to test-artifacts/study/."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sonoaudit.db.models import Answer, Image, StudyItem
+from sonoaudit_raters.study import add_reader, create_study
+from sonoaudit_raters.study.reading import view_for_token
+from sqlalchemy import select
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CLASS_KEYS = {"benign": "1", "malignant": "2", "normal": "3"}
+
+
+def answer_current(page: Any, cls: str, arrows: int, llm_key: str = "1") -> tuple[str, bool]:
+    """Answer the item on screen with the keyboard only; returns (item key, had an LLM step)."""
+    form = page.locator("#answer-form")
+    item = form.get_attribute("data-item")
+    assert form.get_attribute("data-step") == "read"
+    page.keyboard.press(CLASS_KEYS[cls])
+    for _ in range(arrows):
+        page.keyboard.press("ArrowRight")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    llm = page.locator("#llm-reveal")
+    if llm.count():
+        assert page.locator("#answer-form").get_attribute("data-item") == item
+        page.keyboard.press(llm_key)
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        return str(item), True
+    return str(item), False
+
+
+def _conf(arrows: int) -> str:
+    return str(20 * (arrows - 1))  # first ArrowRight selects 0, each further one adds 20
+
+
+def test_keyboard_resume_llm_reveal_and_blinding(store: Any, live: Any, add_llm: Any,
+                                                  browser: Any, artifacts: Path) -> None:
+    real, synth = store.real_ids(2), store.synthetic_ids(2)
+    study, admin = create_study(store.ctx, "Browser study", real, synth, seed=11)
+    t1 = add_reader(store.ctx, study.id, "Reader one")
+    t2 = add_reader(store.ctx, study.id, "Reader two")
+    order = view_for_token(store.ctx, t1).items
+    # the LLM answered the first two images of reader one's list
+    add_llm(store.ctx, [order[0].image_id, order[1].image_id])
+    ctx1 = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx1.new_page()
+    page.goto(f"{live.url}/study/r/{t1}")
+    assert page.url.endswith("/item/1")
+    assert page.get_by_role("progressbar").count() == 1
+    # stage 1: no trace of the LLM answer anywhere on the page
+    assert "LLM-RATIONALE" not in page.content() and page.locator("#llm-reveal").count() == 0
+    page.screenshot(path=str(artifacts / "reading-stage1.png"), full_page=True)
+    # mask outline toggles with M; zoom with +
+    assert page.locator("img.mask").is_visible()
+    page.keyboard.press("m")
+    assert not page.locator("img.mask").is_visible()
+    page.keyboard.press("m")
+    width = page.locator("#stage").bounding_box()["width"]
+    page.keyboard.press("+")
+    assert page.locator("#stage").bounding_box()["width"] > width * 1.2
+    page.keyboard.press("z")
+    # lock with the keyboard: the LLM answer appears only now
+    page.keyboard.press("2")
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.locator("#llm-reveal").is_visible()
+    assert "LLM-RATIONALE-0" in page.locator("#llm-reveal").inner_text()
+    assert page.locator(".locked-class").inner_text() == "malignant"
+    assert page.locator(".locked-confidence").inner_text() == "60"
+    page.screenshot(path=str(artifacts / "reading-llm-reveal.png"), full_page=True)
+    page.keyboard.press("3")  # disagree
+    page.locator("#q-comment").fill("margin looks smoothed")
+    page.locator("#q-comment").press("Tab")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.url.endswith("/item/2")
+    key2, had_llm = answer_current(page, "benign", 2)
+    assert had_llm
+    key3, had_llm = answer_current(page, "malignant", 6)
+    assert not had_llm
+    assert page.url.endswith("/item/4")
+    page.reload()
+    assert page.url.endswith("/item/4")
+    page.goto(f"{live.url}/study/r/{t1}")  # the invitation link resumes at the first unanswered
+    assert page.url.endswith("/item/4")
+    assert page.locator("#answer-form").get_attribute("data-item") == order[3].item_key
+    page.goto(f"{live.url}/study/r/{t1}/item/7")  # no skipping ahead
+    assert page.url.endswith("/item/4")
+    page.screenshot(path=str(artifacts / "reading-resumed.png"), full_page=True)
+
+    with store.ctx.sessions() as s:
+        ev = {(a.item_id, a.question): a for a in s.scalars(
+            select(Answer).join(StudyItem, StudyItem.id == Answer.item_id)
+            .where(Answer.study_id == study.id))}
+        keys = {i.item_key: i.id for i in s.scalars(select(StudyItem))}
+    first = order[0].item_id
+    assert ev[(first, "class")].value == "malignant" and ev[(first, "confidence")].value == "60"
+    assert ev[(first, "llm_match")].value == "disagree"
+    assert ev[(first, "comment")].value == "margin looks smoothed"
+    assert ev[(first, "class")].time_on_item_ms and ev[(first, "class")].time_on_item_ms > 0
+    assert ev[(keys[key2], "confidence")].value == _conf(2)
+    assert ev[(keys[key3], "confidence")].value == _conf(6)
+    assert ev[(keys[key3], "class")].value == "malignant"
+
+    # reader two: own blank answers only, LLM hidden, no admin access
+    ctx2 = browser.new_context(extra_http_headers={"Authorization": f"Bearer {t2}"})
+    p2 = ctx2.new_page()
+    p2.goto(f"{live.url}/study/r/{t2}")
+    assert p2.url.endswith("/item/1")
+    for n in range(1, 2):
+        assert "LLM-RATIONALE" not in p2.content()
+        assert p2.locator("input[type=radio]:checked").count() == 0
+    r = p2.goto(f"{live.url}/study/r/{t2}/api/answers")
+    assert r is not None and r.status == 200 and r.json() == []
+    r = p2.goto(f"{live.url}/study/r/{t2}/api/llm/{order[0].item_key}")
+    assert r is not None and r.status == 409
+    for path in ("", "/export.csv", "/export.json", "/progress.json"):
+        r = p2.goto(f"{live.url}/study/admin/{study.id}{path}")
+        assert r is not None and r.status == 403, path
+    r = p2.goto(f"{live.url}/study/r/made-up-token")
+    assert r is not None and r.status == 403
+    p2.screenshot(path=str(artifacts / "reader-403.png"))
+    ctx2.close()
+    ctx1.close()
+
+
+def _done_when(st: Any, server_url: str, browser: Any, add_llm: Any, artifacts: Path,
+               tag: str) -> None:
+    real, synth = st.real_ids(10), st.synthetic_ids(10)
+    assert len(real) == 20 and len(synth) == 20
+    study, admin = create_study(st.ctx, f"Done-when {tag}", real, synth, seed=42)
+    add_llm(st.ctx, real[:2] + synth[:2])
+    tokens = {}
+    with httpx.Client(base_url=server_url,
+                      headers={"Authorization": f"Bearer {admin}"}) as c:
+        for name in ("Radiologist A", "Radiologist B", "Radiologist C"):
+            r = c.post(f"/study/admin/{study.id}/readers", json={"name": name})
+            assert r.status_code == 201
+            tokens[name] = r.json()["link"]
+    typed: dict[tuple[str, str], tuple[str, str]] = {}
+    for k, (name, link) in enumerate(tokens.items()):
+        bctx = browser.new_context()
+        page = bctx.new_page()
+        page.goto(link)
+        for n in range(40):
+            assert page.url.endswith(f"/item/{n + 1}")
+            cls = "benign" if (n + k) % 3 else "malignant"
+            arrows = 1 + (n + k) % 6
+            key, _ = answer_current(page, cls, arrows)
+            typed[(name, key)] = (cls, _conf(arrows))
+        assert page.url.endswith("/done")
+        if k == 0:
+            page.screenshot(path=str(artifacts / f"done-{tag}.png"))
+        bctx.close()
+    with httpx.Client(base_url=server_url, headers={"Authorization": f"Bearer {admin}"}) as c:
+        text = c.get(f"/study/admin/{study.id}/export.csv").text
+        prog = c.get(f"/study/admin/{study.id}/progress.json").json()
+    assert [(p["done"], p["total"]) for p in prog] == [(40, 40)] * 3
+    rows = list(csv.DictReader(io.StringIO(text)))
+    with st.ctx.sessions() as s:
+        images = {i.id: i for i in s.scalars(select(Image).where(Image.id.in_(real + synth)))}
+        items = {i.item_key: i for i in s.scalars(select(StudyItem)
+                                                  .where(StudyItem.study_id == study.id))}
+    by_q: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_q.setdefault(row["question"], []).append(row)
+    assert len(by_q["class"]) == 40 * 3 and len(by_q["confidence"]) == 40 * 3
+    assert len(by_q["llm_match"]) == 4 * 3
+    assert {(r["reader"], r["item"]) for r in by_q["class"]} == set(typed)
+    for row in by_q["class"] + by_q["confidence"]:
+        img = images[items[row["item"]].image_id]
+        assert row["study"] == study.id
+        assert row["source"] == img.source  # hidden columns come from the store, not the page
+        assert row["ground_truth"] == img.class_label
+        want = typed[(row["reader"], row["item"])]
+        assert row["answer"] == (want[0] if row["question"] == "class" else want[1])
+        assert row["time"] and int(row["time_on_item_ms"]) > 0
+    assert sum(r["source"] == "real" for r in by_q["class"]) == 60
+
+
+def test_done_when_three_readers_complete_40_items(store: Any, live: Any, add_llm: Any,
+                                                   browser: Any, artifacts: Path) -> None:
+    _done_when(store, live.url, browser, add_llm, artifacts, "sqlite")
+
+
+@pytest.mark.integration
+def test_done_when_on_postgres(pg_store: Any, add_llm: Any, browser: Any,
+                               artifacts: Path) -> None:
+    from conftest import LiveServer  # type: ignore[import-not-found]
+
+    with LiveServer(pg_store.settings) as server:
+        _done_when(pg_store, server.url, browser, add_llm, artifacts, "postgres")
