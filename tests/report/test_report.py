@@ -1,0 +1,172 @@
+"""The study report on a real Postgres with a complete study: every section filled, numbers equal
+to `sonoaudit agreement` on the study's export, the admin-protected endpoint, and the page in
+headless Chromium (screenshot kept under test-artifacts/)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from report_study import ADMIN_TOKEN, BuiltStudy, build_study
+
+from sonoaudit.context import AppContext, build_context
+from sonoaudit.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+B = 300
+
+
+@pytest.fixture(scope="module")
+def ctx(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppContext]:
+    home = tmp_path_factory.mktemp("report")
+    c = build_context(Settings(database_url=postgres_url, home=home, store_dir=home / "store"))
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def built(ctx: AppContext, busbra_sample: Path) -> BuiltStudy:
+    return build_study(ctx, busbra_sample)
+
+
+@pytest.fixture(scope="module")
+def report(ctx: AppContext, built: BuiltStudy):  # type: ignore[no-untyped-def]
+    from sonoaudit_raters.report.render import build_report
+
+    return build_report(ctx, built.study_id, n_boot=B, seed=0)
+
+
+@pytest.mark.integration
+def test_every_section_is_filled(report, built: BuiltStudy) -> None:  # type: ignore[no-untyped-def]
+    j = report.json
+    assert j["not_run"] == []
+    assert j["simulated"] is True
+    assert j["n_items"] == built.n_items
+    ca = j["class_agreement"]
+    assert {"all", "source=real", "source=synthetic", "ground_truth=benign",
+            "ground_truth=malignant"} <= set(ca["strata"])
+    assert ca["strata"]["all"]["fleiss_kappa"]["value"] is not None
+    assert len(ca["strata"]["all"]["cohen_kappa_pairwise"]) == 6
+    diff = ca["real_minus_synthetic"]["all"]["fleiss_kappa"]
+    assert diff["value"] == pytest.approx(ca["strata"]["source=real"]["fleiss_kappa"]["value"]
+                                          - ca["strata"]["source=synthetic"]["fleiss_kappa"]
+                                          ["value"])
+    assert diff["ci95"] is not None
+    conf = j["confidence_agreement"]["strata"]["all"]
+    assert set(conf["krippendorff_alpha_by_level"]) == {"nominal", "ordinal", "interval"}
+    assert "quadratic" in conf["cohen_kappa_pairwise"][0]["weighted"]
+    acc = j["reader_accuracy"]["strata"]["all"]
+    assert set(acc["raters"]) == set(built.readers)
+    assert acc["majority_vote"]["tie_policy"] == "wrong"
+    (llm,) = j["llm"].values()
+    assert llm["status_counts"]["abstain"] > 0
+    cons = llm["accuracy"]["strata"]["all"]["raters"]
+    assert {"replicate 0", "replicate 1", "consensus"} <= set(cons)
+    assert cons["replicate 0"]["n_no_answer"] > 0
+    assert cons["replicate 0"]["confusion"]["cols_answer"][-1] == "no answer"
+    assert len(llm["reader_vs_llm"]) == 4
+    assert j["llm_match"]["all"]["n"] > 0
+    assert j["metrics"][0]["fid"] == 63.2 and j["metrics"][0]["is"] is None
+    assert {"image_grid", "memorisation_pairs", "confidence_histogram",
+            "class_agreement_forest", "accuracy_real_vs_synthetic",
+            "confusion_majority", "confusion_llm1"} <= set(report.figures)
+    for png in report.figures.values():
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    json.dumps(j, allow_nan=False)
+    rows = list(csv.DictReader(report.csv.splitlines()))
+    assert any(r["stratum"].startswith("real-synthetic") for r in rows)
+    assert all(r["n"] != "" for r in rows)
+    html = report.html
+    assert "SIMULATED reader panel" in html
+    assert "http://" not in html and "https://" not in html  # nothing fetched from outside
+
+
+@pytest.mark.integration
+def test_agreement_cli_on_the_export_gives_the_service_numbers(
+        ctx: AppContext, built: BuiltStudy, report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from sonoaudit.cli.main import app
+    from sonoaudit_raters.study.export import export_answers, rows_to_csv
+
+    rows = [r for r in export_answers(ctx, built.study_id) if r["question"] == "class"]
+    path = tmp_path / "export.csv"
+    path.write_text(rows_to_csv(rows))
+    res = CliRunner().invoke(app, ["agreement", str(path), "--item", "item", "--rater", "reader",
+                                   "--value", "answer", "--scale", "benign,malignant,normal",
+                                   "--json", "-B", str(B)])
+    assert res.exit_code == 0, res.output
+    cli = json.loads(res.output)
+    svc = report.json["class_agreement"]["strata"]["all"]
+    for key in ("percent_agreement", "fleiss_kappa", "krippendorff_alpha", "gwet_ac1"):
+        assert cli[key]["value"] == pytest.approx(svc[key]["value"], abs=1e-12), key
+        assert cli[key]["ci95"] == pytest.approx(svc[key]["ci95"], abs=1e-12), key
+    assert [p["value"] for p in cli["cohen_kappa_pairwise"]] == pytest.approx(
+        [p["value"] for p in svc["cohen_kappa_pairwise"]])
+
+
+@pytest.mark.integration
+def test_report_endpoint_requires_the_admin_token(postgres_url: str, built: BuiltStudy,
+                                                  tmp_path: Path) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from sonoaudit_raters.main import create_app
+
+    app = create_app(Settings(database_url=postgres_url, home=tmp_path,
+                              store_dir=tmp_path / "store"))
+    with TestClient(app) as client:
+        for _ in range(100):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.1)
+        url = f"/studies/{built.study_id}/report"
+        assert client.get(url).status_code == 403
+        assert client.get(url, headers={"authorization": "Bearer wrong"}).status_code == 403
+        auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        r = client.get(url, params={"format": "json", "bootstrap": 50}, headers=auth)
+        assert r.status_code == 200, r.text
+        assert r.json()["class_agreement"]["strata"]["all"]["fleiss_kappa"]["n"] > 0
+        r = client.get(url, params={"format": "csv", "bootstrap": 50}, headers=auth)
+        assert r.status_code == 200 and r.text.startswith("section,stratum,statistic")
+        assert client.get(url, params={"format": "pdf"}, headers=auth).status_code == 422
+        assert client.get(url, params={"bootstrap": -1}, headers=auth).status_code == 422
+
+
+@pytest.mark.integration
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Debian chromium not installed (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "report"
+    report.write(out)
+    ARTIFACTS.mkdir(exist_ok=True)
+    external: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("request", lambda req: external.append(req.url)
+                if not req.url.startswith(("file:", "data:")) else None)
+        page.goto((out / "report.html").as_uri())
+        for section in ("not-run", "metrics", "agreement", "confidence", "accuracy", "llm",
+                        "memorisation", "images", "provenance"):
+            assert page.locator(f"#{section}").count() == 1, section
+        assert page.locator("#banner").inner_text().startswith("SIMULATED reader panel")
+        broken = page.evaluate("Array.from(document.images).filter("
+                               "i => !i.complete || i.naturalWidth === 0).length")
+        n_images = page.evaluate("document.images.length")
+        assert n_images >= 7 and broken == 0
+        page.screenshot(path=str(ARTIFACTS / "agreement-report.png"), full_page=True)
+        browser.close()
+    assert external == []
+    assert (ARTIFACTS / "agreement-report.png").stat().st_size > 10_000
