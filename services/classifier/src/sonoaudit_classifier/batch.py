@@ -125,6 +125,7 @@ async def aclassify_items(
             raise MissingMasks(condition, unmasked)
     own = classifier is None
     clf = classifier or Classifier(make_backend(settings, name), settings)
+    clf.fatal = None
     try:
         pairs = _keys(items, clf.name, clf.model, prompt.version, condition, replicates)
         before = existing(ctx.sessions, [k for _, k in pairs])

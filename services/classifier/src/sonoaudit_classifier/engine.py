@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sonoaudit_classifier.backends.base import COMPLETE, Backend, RawAnswer
+from sonoaudit_classifier.backends.base import COMPLETE, Backend, CallError, RawAnswer
 from sonoaudit_classifier.conditions import ModelInput
 from sonoaudit_classifier.prompts import Prompt
 from sonoaudit_classifier.ratelimit import ModelLimiter
@@ -73,6 +73,9 @@ class Classifier:
         self.settings = settings
         self.policy = policy or policy_from(settings)
         self.limiter = ModelLimiter(settings.concurrency, settings.rate_limit_rpm)
+        # Set by the first fatal error (rejected key, unknown model): later calls fail at once
+        # instead of sending requests that cannot succeed. A new batch clears it.
+        self.fatal: CallError | None = None
 
     @property
     def name(self) -> str:
@@ -99,9 +102,17 @@ class Classifier:
 
     async def _call(self, inp: ModelInput, prompt: Prompt, seed: int | None, stats: CallStats,
                     repair: tuple[str, str] | None = None) -> RawAnswer:
-        return await call_with_retries(
-            lambda: self.backend.generate(inp, prompt, seed=seed, repair=repair),
-            self.policy, self.limiter, stats)
+        async def attempt() -> RawAnswer:
+            if self.fatal is not None:
+                raise self.fatal
+            try:
+                return await self.backend.generate(inp, prompt, seed=seed, repair=repair)
+            except CallError as exc:
+                if exc.fatal:
+                    self.fatal = exc
+                raise
+
+        return await call_with_retries(attempt, self.policy, self.limiter, stats)
 
     async def _answer(self, inp: ModelInput, prompt: Prompt, seed: int | None,
                       stats: CallStats) -> Outcome:
