@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from sonoaudit.context import AppContext
 from sonoaudit.db.models import (
     Answer,

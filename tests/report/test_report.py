@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from report_study import ADMIN_TOKEN, BuiltStudy, build_study
-
 from sonoaudit.context import AppContext, build_context
 from sonoaudit.settings import Settings
 
@@ -88,10 +87,9 @@ def test_every_section_is_filled(report, built: BuiltStudy) -> None:  # type: ig
 @pytest.mark.integration
 def test_agreement_cli_on_the_export_gives_the_service_numbers(
         ctx: AppContext, built: BuiltStudy, report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from typer.testing import CliRunner
-
     from sonoaudit.cli.main import app
     from sonoaudit_raters.study.export import export_answers, rows_to_csv
+    from typer.testing import CliRunner
 
     rows = [r for r in export_answers(ctx, built.study_id) if r["question"] == "class"]
     path = tmp_path / "export.csv"
@@ -115,7 +113,6 @@ def test_report_endpoint_requires_the_admin_token(postgres_url: str, built: Buil
     import time
 
     from fastapi.testclient import TestClient
-
     from sonoaudit_raters.main import create_app
 
     app = create_app(Settings(database_url=postgres_url, home=tmp_path,

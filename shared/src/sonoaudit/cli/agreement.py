@@ -77,3 +77,71 @@ def register(app: typer.Typer) -> None:
         for p in result["cohen_kappa_pairwise"]:
             extra = "".join(f"  {s}: {_fmt(e)}" for s, e in p.get("weighted", {}).items())
             typer.echo(f"  kappa {p['rater_a']}~{p['rater_b']}: {_fmt(p)}{extra}")
+
+    @app.command("report")
+    def report_cmd(
+        study: str = typer.Argument(..., help="study id"),
+        out: Path = typer.Option(Path("report"), "--out", help="folder for HTML, JSON, CSV, PNGs"),
+        n_boot: int = typer.Option(2000, "--bootstrap", "-B", min=0),
+        seed: int = typer.Option(0, "--seed"),
+        tie_policy: str = typer.Option("wrong", "--tie-policy",
+                                       help="majority-vote ties: wrong | exclude"),
+    ) -> None:
+        """Write the study report: self-contained report.html, report.json, report.csv, figures/."""
+        from sonoaudit_raters.report.render import build_report
+        from sonoaudit_raters.study.errors import StudyError
+
+        from sonoaudit.cli.common import context
+
+        if tie_policy not in ("wrong", "exclude"):
+            fail(f"--tie-policy must be wrong or exclude, got {tie_policy!r}")
+        ctx = context()
+        try:
+            report = build_report(ctx, study, n_boot=n_boot, seed=seed, tie_policy=tie_policy)
+        except StudyError as exc:
+            fail(exc.message)
+        finally:
+            ctx.close()
+        for path in report.write(out):
+            typer.echo(str(path))
+        for x in report.json["not_run"]:
+            typer.echo(f"not run: {x['section']}: {x['why']}", err=True)
+
+    @app.command("plan-study")
+    def plan_study_cmd(
+        images: str = typer.Option("40,80,160,320", "--images", help="numbers of images"),
+        readers: str = typer.Option("2,3,5,8", "--readers", help="numbers of readers"),
+        accuracy: float = typer.Option(0.8, "--accuracy", min=0.34, max=1.0,
+                                       help="each simulated reader's accuracy"),
+        accuracy_drop: float = typer.Option(0.1, "--accuracy-drop", min=0.0, max=0.6,
+                                            help="accuracy lower on synthetic images by this"),
+        class_mix: str = typer.Option("0.45,0.45,0.10", "--class-mix",
+                                      help="shares of benign, malignant, normal"),
+        simulations: int = typer.Option(20, "--simulations", min=2),
+        n_boot: int = typer.Option(500, "--bootstrap", "-B", min=50),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """SIMULATED reader panels: expected 95 % CI width of kappa/alpha and of the real −
+        synthetic accuracy difference, by number of images and readers."""
+        from sonoaudit_raters.stats.simulate import PanelSpec, plan
+
+        try:
+            spec = PanelSpec(accuracy=accuracy, accuracy_drop=accuracy_drop,
+                             class_mix=tuple(float(x) for x in class_mix.split(",")))
+            grid_images = [int(x) for x in images.split(",")]
+            grid_readers = [int(x) for x in readers.split(",")]
+        except ValueError as exc:
+            fail(f"bad option value: {exc}")
+        result = plan(spec, grid_images, grid_readers, simulations=simulations, n_boot=n_boot,
+                      seed=seed)
+        if as_json:
+            print_json(result)
+            return
+        typer.echo("SIMULATED reader panels (not real data): " + result["assumptions"])
+        typer.echo(f"{'images':>7} {'readers':>7} {'Fleiss κ':>9} {'CI width κ':>11} "
+                   f"{'CI width α':>11} {'CI width Δacc':>14}")
+        for r in result["rows"]:
+            typer.echo(f"{r['n_images']:>7} {r['n_readers']:>7} {r['fleiss_kappa_mean']:>9.3f} "
+                       f"{r['ci_width_fleiss_kappa']:>11.3f} {r['ci_width_alpha']:>11.3f} "
+                       f"{r['ci_width_accuracy_difference']:>14.3f}")
