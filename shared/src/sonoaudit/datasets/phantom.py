@@ -54,7 +54,7 @@ class Lesion:
 
 def _lesion(rng: np.random.Generator, malignant: bool) -> Lesion:
     if malignant:
-        r0 = rng.uniform(0.08, 0.115)
+        r0 = rng.uniform(0.09, 0.125)
         return Lesion(
             cx=rng.uniform(0.38, 0.62), cy=rng.uniform(0.42, 0.5),
             sx=r0 * rng.uniform(0.8, 0.95), sy=r0 * rng.uniform(1.3, 1.55),
@@ -63,15 +63,15 @@ def _lesion(rng: np.random.Generator, malignant: bool) -> Lesion:
                             for _ in range(2, 7)),
             spikes=tuple((rng.uniform(0, 2 * np.pi), rng.uniform(0.25, 0.5),
                           rng.uniform(0.05, 0.09)) for _ in range(int(rng.integers(6, 11)))),
-            echo=rng.uniform(0.25, 0.38),
+            echo=rng.uniform(0.18, 0.3),
             posterior=rng.uniform(0.3, 0.45),
         )
     a = rng.uniform(0.13, 0.2)
     return Lesion(
         cx=rng.uniform(0.38, 0.62), cy=rng.uniform(0.4, 0.52),
-        sx=a, sy=a * rng.uniform(0.5, 0.72), angle=rng.uniform(-0.2, 0.2),
+        sx=a, sy=a * rng.uniform(0.5, 0.7), angle=rng.uniform(-0.15, 0.15),
         harmonics=((rng.uniform(0.0, 0.04), rng.uniform(0, 2 * np.pi)),),
-        spikes=(), echo=rng.uniform(0.12, 0.25), posterior=rng.uniform(1.4, 1.7),
+        spikes=(), echo=rng.uniform(0.12, 0.25), posterior=rng.uniform(1.6, 1.9),
     )
 
 
@@ -79,7 +79,9 @@ def _mirror(lesion: Lesion) -> Lesion:
     """The second view of a dual capture: same lesion, mirrored left-right."""
     return Lesion(
         cx=1.0 - lesion.cx, cy=lesion.cy, sx=lesion.sx, sy=lesion.sy, angle=-lesion.angle,
-        harmonics=tuple((amp, np.pi - ph) for amp, ph in lesion.harmonics),
+        # r'(phi) = r(pi - phi): cos(k(pi - phi) + ph) = cos(k phi - k pi - ph)
+        harmonics=tuple((amp, -k * np.pi - ph)
+                        for k, (amp, ph) in enumerate(lesion.harmonics, start=2)),
         spikes=tuple((np.pi - ang, amp, w) for ang, amp, w in lesion.spikes),
         echo=lesion.echo, posterior=lesion.posterior,
     )
@@ -116,17 +118,25 @@ def render(lesion: Lesion, size: int, rng: np.random.Generator) -> tuple[np.ndar
     depth = ((np.arange(size) + 0.5) / size)[:, None] * np.ones((1, size))
     scale = size / 128.0
 
-    # Tissue layers: skin, bright-ish subcutaneous layer with a wavy edge, gland, deep layer.
+    # Tissue layers: skin line, bright-ish subcutaneous layer with a wavy lower edge, glandular
+    # tissue with horizontal layering and bright fibrous streaks, a darker deep layer.
     wave = gaussian_filter1d(rng.standard_normal(size), 10 * scale, mode="wrap")
     wave = wave / (np.abs(wave).max() + 1e-9) * 0.03
     sub_bottom = rng.uniform(0.16, 0.22) + wave[None, :]
-    echo = 0.5 + 0.06 * _smooth_noise(rng, size, 6 * scale)
-    echo = np.where(depth < sub_bottom, 0.72 + 0.05 * _smooth_noise(rng, size, 3 * scale), echo)
-    echo = np.where(depth < 0.03, 0.95, echo)
-    echo = np.where(depth > rng.uniform(0.86, 0.92), 0.32, echo)
+    layered = gaussian_filter(rng.standard_normal((size, size)), (1.2 * scale, 10 * scale))
+    layered /= layered.std() + 1e-12
+    echo = 0.42 + 0.06 * layered + 0.03 * _smooth_noise(rng, size, 8 * scale)
+    # Fibrous streaks (Cooper's ligaments) where the layered texture peaks.
+    echo = np.where(layered > 1.8, 0.75, np.clip(echo, 0.05, None))
+    echo = np.where(depth < sub_bottom, 0.6 + 0.08 * _smooth_noise(rng, size, 2 * scale), echo)
+    echo = np.where(np.abs(depth - sub_bottom) < 0.012, 0.85, echo)  # superficial fascia
+    echo = np.where(depth < 0.025, 0.95, echo)
+    echo = np.where(depth > rng.uniform(0.86, 0.92), 0.25, echo)
 
     mask = lesion_mask(lesion, size)
-    inner = 1.0 + 0.25 * _smooth_noise(rng, size, 2 * scale) if lesion.spikes else 1.0
+    # Malignant interiors are heterogeneous; clipped so the amplitude stays positive.
+    inner = (np.clip(1.0 + 0.25 * _smooth_noise(rng, size, 2 * scale), 0.3, None)
+             if lesion.spikes else 1.0)
     echo = np.where(mask, lesion.echo * 0.5 * inner, echo)
 
     # Posterior region: every pixel below the lesion's lowest point in its column, softened
@@ -142,14 +152,14 @@ def render(lesion: Lesion, size: int, rng: np.random.Generator) -> tuple[np.ndar
 
     # Speckle: |complex Gaussian| after a small anisotropic blur (lateral resolution is worse
     # than axial); Rayleigh distributed, normalised to mean 1.
-    sig = (0.6 * scale, 1.1 * scale)
+    sig = (0.8 * scale, 1.6 * scale)
     re = gaussian_filter(rng.standard_normal((size, size)), sig)
     im = gaussian_filter(rng.standard_normal((size, size)), sig)
     speckle = np.hypot(re, im)
     speckle /= speckle.mean()
 
-    envelope = echo * speckle
-    image = np.clip(255.0 * (envelope / 1.1) ** 0.7, 0, 255).astype(np.uint8)
+    envelope = np.clip(echo, 0.0, None) * speckle
+    image = np.clip(255.0 * (envelope / 1.5) ** 0.85, 0, 255).astype(np.uint8)
     return image, mask
 
 
