@@ -1,0 +1,63 @@
+"""`sonoaudit agreement` and `sonoaudit plan-study` end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from agreement_data import krippendorff_rows
+from sonoaudit.cli.main import app
+from typer.testing import CliRunner
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    cols = list(rows[0])
+    lines = [",".join(cols)] + [",".join("" if r[c] is None else str(r[c]) for c in cols)
+                                for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_agreement_json_on_krippendorff_2011(tmp_path: Path) -> None:
+    rows = [{"unit": r["item"], "coder": r["rater"], "score": r["value"]}
+            for r in krippendorff_rows()]
+    path = write_csv(tmp_path / "k.csv", rows)
+    res = CliRunner().invoke(app, ["agreement", str(path), "--item", "unit", "--rater", "coder",
+                                   "--value", "score", "--level", "interval",
+                                   "--scale", "1,2,3,4,5", "--json", "-B", "200"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n_items"] == 12 and out["n_raters"] == 4
+    assert out["krippendorff_alpha"]["value"] == pytest.approx(0.849, abs=5e-4)
+    for key in ("percent_agreement", "fleiss_kappa", "krippendorff_alpha", "gwet_ac1"):
+        assert set(out[key]) >= {"value", "ci95"}
+    assert len(out["cohen_kappa_pairwise"]) == 6
+    assert out["provenance"]["seed"] == 0
+
+
+@pytest.mark.parametrize(("args", "content", "message"), [
+    (["--value", "nope"], "item,rater,value\n1,a,x\n", "column 'nope' missing"),
+    ([], "item,rater,value\n", "empty"),
+    (["--scale", "0,20,40"], "item,rater,value\n1,a,20\n1,b,30\n", "row 3"),
+    (["--level", "ratio"], "item,rater,value\n1,a,20\n", "--level"),
+])
+def test_agreement_bad_input_exits_2_with_a_clear_error(tmp_path: Path, args: list[str],
+                                                        content: str, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    res = CliRunner().invoke(app, ["agreement", str(path), *args])
+    assert res.exit_code == 2
+    assert message in res.output
+
+
+def test_plan_study_is_labelled_simulated_and_narrows_with_more_data() -> None:
+    res = CliRunner().invoke(app, ["plan-study", "--images", "30,240", "--readers", "3",
+                                   "--simulations", "4", "-B", "100", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["simulated"] is True
+    small, big = out["rows"]
+    # CI width shrinks roughly with sqrt(n): 8x the images → about a third of the width.
+    assert big["ci_width_fleiss_kappa"] < 0.6 * small["ci_width_fleiss_kappa"]
+    assert big["ci_width_accuracy_difference"] < 0.6 * small["ci_width_accuracy_difference"]
