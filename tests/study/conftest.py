@@ -215,3 +215,9 @@ def artifacts() -> Path:
 @pytest.fixture
 def add_llm() -> Any:
     return add_llm_answers
+
+
+@pytest.fixture
+def serve() -> type[LiveServer]:
+    """``with serve(settings) as server:`` runs the raters app against any store."""
+    return LiveServer
