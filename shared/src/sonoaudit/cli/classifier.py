@@ -1,9 +1,119 @@
-"""CLI commands of the classifier area (filled in by that area)."""
+"""``sonoaudit classify``: zero-shot LLM classification of a folder, a run or a dataset."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from sonoaudit.cli.common import context, fail, print_json
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _folder_pairs(root: Path) -> list[tuple[Path, Path | None]]:
+    """A dataset layout the readers know (images with masks), else every image file."""
+    from sonoaudit.datasets.scan import scan
+
+    found = scan(root)
+    if found.records:
+        # BUSI may list several masks per image; the first is the lesion the outline shows.
+        return [(r.image_path, r.mask_paths[0] if r.mask_paths else None) for r in found.records]
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and "mask" not in p.name.lower())
+    return [(p, None) for p in files]
+
+
+def _ids_for(ref: str) -> list[str] | None:
+    from sqlalchemy import select
+
+    from sonoaudit.db.models import Image
+
+    ctx = context()
+    try:
+        with ctx.sessions() as s:
+            for column in (Image.generation_run_id, Image.dataset_id):
+                ids = list(s.scalars(select(Image.id).where(column == ref).order_by(Image.name)))
+                if ids:
+                    return ids
+    finally:
+        ctx.close()
+    return None
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def classify(
+        images: str = typer.Option(..., "--images", help="A folder of images (a dataset layout "
+                                   "gives masks too), or a generation-run / dataset id."),
+        backend: str | None = typer.Option(None, help="gemini | openai (default: "
+                                           "SONOAUDIT_LLM_BACKEND or gemini)"),
+        condition: str = typer.Option("image", help="image | outline | side_by_side"),
+        replicates: int = typer.Option(1, min=1, max=20, help="Answers per image."),
+        as_json: bool = typer.Option(False, "--json", help="Print every answer as JSON."),
+    ) -> None:
+        """Ask a multimodal LLM (zero-shot) whether each image is benign, malignant or normal.
+        Every answer is stored; rerunning costs nothing for images already answered."""
+        import asyncio
+
+        from sonoaudit_classifier.batch import (
+            BackendFailed,
+            MissingMasks,
+            UnknownImages,
+            aclassify_images,
+            aclassify_items,
+            items_from_files,
+        )
+        from sonoaudit_classifier.prompts import CONDITIONS
+        from sonoaudit_classifier.settings import (
+            BackendNotConfigured,
+            ClassifierSettings,
+            UnknownBackend,
+        )
+
+        if condition not in CONDITIONS:
+            fail(f"--condition {condition!r}: expected one of {', '.join(CONDITIONS)}")
+        settings = ClassifierSettings()
+        path = Path(images)
+        ctx = context()
+        try:
+            if path.is_dir():
+                pairs = _folder_pairs(path)
+                if not pairs:
+                    fail(f"--images {images}: no image files (.png/.jpg/.webp) in this folder")
+                coro: Any = aclassify_items(
+                    ctx, items_from_files(pairs), settings=settings, backend=backend,
+                    condition=condition, replicates=replicates)
+            else:
+                ids = _ids_for(images)
+                if ids is None:
+                    fail(f"--images {images}: neither a folder nor a generation-run/dataset id "
+                         "with images in the results store")
+                coro = aclassify_images(ctx, ids, settings=settings, backend=backend,
+                                        condition=condition, replicates=replicates)
+            rows = asyncio.run(coro)
+        except (UnknownBackend, BackendNotConfigured, UnknownImages, MissingMasks,
+                BackendFailed) as exc:
+            fail(str(exc))
+        finally:
+            ctx.close()
+        answers = [{
+            "image": r.source_name, "image_id": r.image_id, "replicate": r.replicate,
+            "status": r.status, "label": r.label, "confidence": r.confidence,
+            "reason": r.reason, "backend": r.backend, "model": r.model,
+            "prompt_version": r.prompt_version, "condition": r.condition, "attempts": r.attempts,
+        } for r in rows]
+        if as_json:
+            print_json(answers)
+            return
+        counts: dict[str, int] = {}
+        for a in answers:
+            key = a["label"] if a["status"] == "ok" else a["status"]
+            counts[key] = counts.get(key, 0) + 1
+        typer.echo(f"{len(answers)} answers ({rows[0].backend}/{rows[0].model}, prompt "
+                   f"{rows[0].prompt_version}, condition {condition}): "
+                   + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        for a in answers:
+            if a["status"] != "ok":
+                typer.echo(f"  {a['image']} r{a['replicate']}: {a['status']}: {a['reason']}")
