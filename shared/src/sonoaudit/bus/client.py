@@ -92,9 +92,14 @@ class Bus:
         last: Exception | None = None
         for attempt in range(1, attempts + 1):
             try:
-                self._nc = await nats.connect(
-                    self.url, name=self.name, connect_timeout=2, max_reconnect_attempts=-1,
-                    allow_reconnect=True,
+                # nats-py retries an initial connect forever when reconnects are unbounded, so
+                # bound each attempt here; once connected, reconnects stay unbounded.
+                self._nc = await asyncio.wait_for(
+                    nats.connect(
+                        self.url, name=self.name, connect_timeout=2,
+                        max_reconnect_attempts=-1, allow_reconnect=True,
+                    ),
+                    timeout=5,
                 )
                 self._js = self._nc.jetstream()
                 return
