@@ -1,0 +1,72 @@
+"""``sonoaudit study …`` against a real store: create → invite → simulate → export → import."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sonoaudit.cli.main import app
+from typer.testing import CliRunner
+
+
+@pytest.fixture
+def cli_env(store: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("SONOAUDIT_DATABASE_URL", store.settings.database_url)
+    monkeypatch.setenv("SONOAUDIT_STORE_DIR", str(store.settings.store_dir))
+    monkeypatch.setenv("SONOAUDIT_HOME", str(store.settings.home))
+    return store
+
+
+def test_cli_round_trip(cli_env: Any, tmp_path: Path) -> None:
+    runner = CliRunner()
+    runs = [a for r in cli_env.runs.values() for a in ("--generation-run", r)]
+    res = runner.invoke(app, ["study", "create", "CLI study", "--dataset", cli_env.dataset_id,
+                              *runs, "--per-class", "benign=2,malignant=1", "--repeats", "1",
+                              "--reader", "Dr X", "--base-url", "http://h:9"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert (out["n_real"], out["n_synthetic"], out["n_repeats"]) == (3, 3, 1)
+    assert out["reader_links"]["Dr X"].startswith("http://h:9/study/r/")
+    sid = out["study_id"]
+    res = runner.invoke(app, ["study", "simulate", sid, "--readers", "2", "--accuracy", "1"])
+    assert res.exit_code == 0, res.output
+    prog = json.loads(runner.invoke(app, ["study", "progress", sid]).output)
+    assert sorted((p["name"], p["done"], p["total"]) for p in prog) == [
+        ("Dr X", 0, 7), ("simulated-1", 7, 7), ("simulated-2", 7, 7)]
+    csv_path = tmp_path / "answers.csv"
+    res = runner.invoke(app, ["study", "export", sid, "--out", str(csv_path)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 7 * 2 * 2  # no LLM answers in this store: class + confidence only
+    assert all(r["simulated"] == "True" for r in rows)
+    assert all(r["answer"] == r["ground_truth"] for r in rows if r["question"] == "class")
+    ext = tmp_path / "ext.csv"
+    with ext.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["item", "reader", "question", "answer"])
+        w.writeheader()
+        w.writerows({"item": r["item"], "reader": "outside", "question": r["question"],
+                     "answer": r["answer"]} for r in rows if r["reader"] == "simulated-1")
+    res = runner.invoke(app, ["study", "import", sid, str(ext)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["recorded"] == 14
+    res = runner.invoke(app, ["study", "export", sid, "--out", str(tmp_path / "all.json")])
+    assert res.exit_code == 0
+    data = json.loads((tmp_path / "all.json").read_text())
+    assert data["study"]["simulated"] is True and len(data["rows"]) == 28 + 14
+
+
+def test_cli_errors_are_clear(cli_env: Any, tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["study", "create", "x"])
+    assert res.exit_code == 2 and "needs images" in res.output
+    res = runner.invoke(app, ["study", "create", "x", "--dataset", cli_env.dataset_id,
+                              "--per-class", "benign=100"])
+    assert res.exit_code == 2 and "only 40 available" in res.output
+    res = runner.invoke(app, ["study", "create", "x", "--dataset", cli_env.dataset_id,
+                              "--per-class", "benign"])
+    assert res.exit_code == 2 and "CLASS=N" in res.output
+    res = runner.invoke(app, ["study", "export", "nope", "--out", str(tmp_path / "a.csv")])
+    assert res.exit_code == 2 and "not found" in res.output
