@@ -79,3 +79,18 @@ def test_bad_cases(tmp_path: Path) -> None:
     assert ("axilla", "unknown class folder axilla/; expected benign, malignant, normal") in found
     assert ("benign (4)_mask.png", "missing main mask for image benign") in found
     assert len(result.problems) == 5
+
+
+def test_empty_class_folder_and_cross_class_duplicate(tmp_path: Path) -> None:
+    """BUSI's known defect: the same image filed as benign and as malignant."""
+    make_busi(tmp_path)
+    for p in (tmp_path / "normal").iterdir():
+        p.unlink()
+    same = (tmp_path / "benign" / "benign (2).png").read_bytes()
+    (tmp_path / "malignant" / "malignant (2).png").write_bytes(same)
+    result = scan(tmp_path)
+    found = {(Path(p.path).name, p.problem) for p in result.problems}
+    assert ("normal", "class 'normal' has no images") in found
+    dup = [m for n, m in found if n == "malignant (2).png"]
+    assert len(dup) == 1 and dup[0].startswith("duplicate image across classes")
+    assert len(result.problems) == 2
