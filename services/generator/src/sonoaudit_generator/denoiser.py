@@ -34,7 +34,7 @@ class DiffusersUNet(nn.Module):
         )
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        out: Tensor = self.unet(x, t, class_labels=class_labels, return_dict=False)[0]
+        out: Tensor = self.unet(x, t, class_labels=class_labels, return_dict=False)[0]  # type: ignore[operator]
         return out
 
 

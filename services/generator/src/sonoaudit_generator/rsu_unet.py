@@ -108,8 +108,9 @@ class RSUUNet(nn.Module):
                                     emb_dim, g))
         self.out_norm = _norm(c[0], g)
         self.out = nn.Conv2d(c[0], config.in_channels, 3, padding=1)
+        # start at ε̂ = 0: the first steps do not fight a random output
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        nn.init.zeros_(self.out.bias)  # type: ignore[arg-type]
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         if t.dim() == 0:

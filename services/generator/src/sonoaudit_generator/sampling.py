@@ -36,7 +36,7 @@ class TorchBackend:
         self.channels_last = channels_last
         self.class_label = class_label
         if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.device = next(net.parameters()).device
 
     @torch.inference_mode()
