@@ -59,6 +59,15 @@ def test_keyboard_resume_llm_reveal_and_blinding(store: Any, live: Any, add_llm:
     page.goto(f"{live.url}/study/r/{t1}")
     assert page.url.endswith("/item/1")
     assert page.get_by_role("progressbar").count() == 1
+    # accessibility basics: every control has a name, a skip link comes first in tab order
+    unnamed = page.eval_on_selector_all(
+        "input:not([type=hidden]), textarea, button, progress",
+        "els => els.filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label')"
+        " || e.textContent.trim())).map(e => e.outerHTML)")
+    assert unnamed == []
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.locator("body").click(position={"x": 5, "y": 300})
     # stage 1: no trace of the LLM answer anywhere on the page
     assert "LLM-RATIONALE" not in page.content() and page.locator("#llm-reveal").count() == 0
     page.screenshot(path=str(artifacts / "reading-stage1.png"), full_page=True)

@@ -56,10 +56,18 @@ def test_tokens_and_admin_routes(store: Any, live: Any, add_llm: Any) -> None:
         rid = next(p["reader_id"] for p in prog if p["name"] == "R2")
         assert c.post(f"/study/admin/{sid}/readers/{rid}/revoke", headers=auth).status_code == 303
         assert c.get(f"/study/r/{t2}/item/1").status_code == 403
-        # another study's admin token is no admin token here
+        # another study's admin token is no admin token here, and a reader of one study cannot
+        # open the other study's items
         other, other_admin = create_study(store.ctx, "other", store.real_ids(1), [], seed=0)
         assert c.get(f"/study/admin/{sid}/export.csv",
                      headers={"Authorization": f"Bearer {other_admin}"}).status_code == 403
+        t_other = add_reader(store.ctx, other.id, "O")
+        other_key = view_for_token(store.ctx, t_other).items[0].item_key
+        assert c.get(f"/study/r/{t_other}/image/{other_key}.png").status_code == 200
+        assert c.get(f"/study/r/{t1}/image/{other_key}.png").status_code == 404
+        assert c.post(f"/study/r/{t1}/api/answers", json={
+            "item": other_key, "step": "read", "answers": {"class": "benign", "confidence": "0"},
+            "client_event_id": "cross-study-1"}).status_code == 422
 
 
 def test_bad_answers_are_422_and_double_submit_is_one_event(store: Any, live: Any,
