@@ -154,3 +154,10 @@ def test_not_a_dataset(tmp_path: Path) -> None:
     assert result.format == "unknown"
     assert "no known dataset layout" in result.problems[0].problem
     assert scan(tmp_path / "nope").problems[0].problem == "path does not exist"
+
+
+def test_lesion_class_with_empty_mask(tmp_path: Path) -> None:
+    root = small_busbra(tmp_path)
+    save_mask(root / "Masks" / "mask_0004-s.png", np.zeros((40, 56), dtype=bool))
+    assert problems_by_file(root) == {
+        "mask_0004-s.png": ["image labelled malignant has an empty mask (no lesion pixels)"]}

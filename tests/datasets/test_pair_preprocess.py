@@ -58,3 +58,11 @@ def test_bad_input() -> None:
         preprocess(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), bool), 8)
     with pytest.raises(ValueError, match="positive"):
         preprocess(np.zeros((4, 4), np.uint8), np.zeros((4, 4), bool), 0)
+
+
+def test_uint8_0_255_mask_is_accepted() -> None:
+    image = np.zeros((10, 10), dtype=np.uint8)
+    mask = np.zeros((10, 10), dtype=np.uint8)
+    mask[2:5, 2:5] = 255
+    _, msk = preprocess(image, mask, 20)
+    assert msk.sum() == 36 and msk[4:10, 4:10].all()

@@ -43,7 +43,10 @@ def fit_size(height: int, width: int, size: int) -> tuple[int, int]:
 
 
 def preprocess(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Square ``size``×``size`` (uint8 image, bool mask): aspect kept, centred, padded with 0."""
+    """Square ``size``×``size`` (uint8 image, bool mask): aspect kept, centred, padded with 0.
+
+    ``mask`` is bool, or any array where nonzero means lesion (e.g. 0/255 uint8).
+    """
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if image.ndim != 2 or image.dtype != np.uint8:
@@ -53,8 +56,8 @@ def preprocess(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarr
     h, w = image.shape
     nh, nw = fit_size(h, w, size)
     img = np.asarray(Image.fromarray(image).resize((nw, nh), IMAGE_FILTER), dtype=np.uint8)
-    msk = np.asarray(
-        Image.fromarray(mask.astype(np.uint8) * 255).resize((nw, nh), MASK_FILTER)) >= 128
+    lesion = (np.asarray(mask) != 0).astype(np.uint8) * 255
+    msk = np.asarray(Image.fromarray(lesion).resize((nw, nh), MASK_FILTER)) >= 128
     top, left = (size - nh) // 2, (size - nw) // 2
     out_img = np.full((size, size), PAD_VALUE, dtype=np.uint8)
     out_msk = np.zeros((size, size), dtype=bool)

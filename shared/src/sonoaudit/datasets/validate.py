@@ -23,6 +23,8 @@ from sonoaudit.datasets.imageio import (
 )
 from sonoaudit.datasets.records import CLASSES, ImageRecord, Problem
 
+LESION_CLASSES = ("benign", "malignant")
+
 
 def check_records(
     records: list[ImageRecord],
@@ -59,19 +61,23 @@ def check_records(
         width, height = im.width, im.height
 
         lesion_pixels = 0
+        mask_ok = True  # every mask read and matched the image size
         for mpath in rec.mask_paths:
             try:
                 levels = mask_levels(open_bytes(mpath.read_bytes()))
             except OSError as exc:
                 problems.append(Problem(str(mpath), f"cannot read mask file ({exc})"))
+                mask_ok = False
                 continue
             except ImageReadError as exc:
                 problems.append(Problem(str(mpath), f"mask: {exc}"))
+                mask_ok = False
                 continue
             mh, mw = levels.shape
             if (mw, mh) != (width, height):
                 problems.append(Problem(str(mpath), (
                     f"mask is {mw}x{mh} but its image {rec.image_path.name} is {width}x{height}")))
+                mask_ok = False
                 continue
             mask, intermediate = binarize(levels)
             if intermediate > MASK_NONBINARY_TOLERANCE:
@@ -83,6 +89,10 @@ def check_records(
         if rec.class_label == "normal" and lesion_pixels:
             problems.append(Problem(str(rec.mask_paths[0]), (
                 f"image labelled normal has a non-empty mask ({lesion_pixels} lesion pixels)")))
+        elif rec.class_label in LESION_CLASSES and rec.mask_paths and mask_ok and not lesion_pixels:
+            # A lesion class with an all-black mask would teach the joint model "no lesion".
+            problems.append(Problem(str(rec.mask_paths[0]), (
+                f"image labelled {rec.class_label} has an empty mask (no lesion pixels)")))
 
         prior = first_seen.get(digest)
         if prior is not None:
