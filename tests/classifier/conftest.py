@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image as PILImage
-
 from sonoaudit.context import AppContext, build_context
-from sonoaudit.db.models import Image
-from sonoaudit.db.session import session_scope
 from sonoaudit.settings import Settings
 from sonoaudit_classifier.settings import ClassifierSettings
 from sonoaudit_classifier.testing.fake_servers import FakeGeminiServer, FakeOpenAIServer
@@ -57,38 +51,6 @@ def busbra_truth(busbra_sample: Path) -> dict[str, tuple[Path, Path, str]]:
             img = busbra_sample / "Images" / f"{row['ID']}.png"
             mask = busbra_sample / "Masks" / f"mask_{row['ID'].split('_', 1)[1]}.png"
             out[hashlib.sha256(img.read_bytes()).hexdigest()] = (img, mask, row["Pathology"])
-    return out
-
-
-def register_images(ctx: AppContext, pairs: list[tuple[str, bytes, bytes | None, str]]) -> list[str]:
-    """Put (name, image bytes, mask bytes, class) into the store; return the new image ids."""
-    ids = []
-    with session_scope(ctx.sessions) as s:
-        for name, data, mask, label in pairs:
-            sha, rel = ctx.store.put(data)
-            mask_sha, mask_rel = ctx.store.put(mask) if mask else (None, None)
-            w, h = PILImage.open(io.BytesIO(data)).size
-            img = Image(sha256=sha, mask_sha256=mask_sha, source="real", class_label=label,
-                        name=name, path=rel, mask_path=mask_rel, width=w, height=h)
-            s.add(img)
-            s.flush()
-            ids.append(img.id)
-    return ids
-
-
-def synthetic_pngs(n: int, seed: int = 0, size: int = 32) -> list[tuple[str, bytes, bytes, str]]:
-    """n distinct small grayscale PNGs with a square mask each."""
-    rng = np.random.default_rng(seed)
-    out = []
-    mask = np.zeros((size, size), dtype=np.uint8)
-    mask[8:24, 8:24] = 255
-    mbuf = io.BytesIO()
-    PILImage.fromarray(mask).save(mbuf, format="PNG")
-    for i in range(n):
-        arr = rng.integers(0, 256, (size, size), dtype=np.uint8)
-        buf = io.BytesIO()
-        PILImage.fromarray(arr).save(buf, format="PNG")
-        out.append((f"synthetic_{i:04d}", buf.getvalue(), mbuf.getvalue(), "benign"))
     return out
 
 

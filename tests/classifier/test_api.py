@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from classifier_helpers import register_images, synthetic_pngs  # type: ignore[import-not-found]
 from fastapi.testclient import TestClient
-
 from sonoaudit.settings import Settings
 from sonoaudit_classifier.main import create_app
 from sonoaudit_classifier.settings import ClassifierSettings
 from sonoaudit_classifier.testing.fake_servers import FakeGeminiServer, default_label
-from conftest import register_images, synthetic_pngs  # type: ignore[import-not-found]
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sonoaudit_classifier.backends import make_backend
 from sonoaudit_classifier.backends.base import CallError
 from sonoaudit_classifier.conditions import render

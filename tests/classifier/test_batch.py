@@ -8,22 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
-
+from classifier_helpers import register_images  # type: ignore[import-not-found]
 from sonoaudit.context import AppContext
 from sonoaudit.db.models import LLMClassification
 from sonoaudit_classifier.batch import (
     BackendFailed,
     MissingMasks,
     UnknownImages,
+    aclassify_items,
     classify_images,
     items_from_files,
-    aclassify_items,
     llm_status,
 )
 from sonoaudit_classifier.settings import BackendNotConfigured, ClassifierSettings
 from sonoaudit_classifier.testing.fake_servers import FakeGeminiServer
-from conftest import register_images  # type: ignore[import-not-found]
+from sqlalchemy import func, select
 
 
 @pytest.fixture

@@ -7,10 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from sonoaudit.cli.main import app
 from sonoaudit_classifier.testing.fake_servers import FakeGeminiServer, default_label
+from typer.testing import CliRunner
 
 
 def test_cli_classifies_a_folder(tmp_path: Path, busbra_sample: Path,

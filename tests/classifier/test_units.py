@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-
 from sonoaudit_classifier.backends.base import CallError
 from sonoaudit_classifier.conditions import SIDE_GAP_PX, BadImage, render
 from sonoaudit_classifier.prompts import UnknownPrompt, load_prompt
