@@ -262,3 +262,53 @@ def test_assignments_materialised_at_enrolment(store: Any) -> None:
         rows = s.execute(select(Assignment.position).where(Assignment.study_id == study.id)
                          .order_by(Assignment.position)).scalars().all()
     assert rows == list(range(7))
+
+
+def test_custom_questions_and_llm_filter(store: Any, add_llm: Any) -> None:
+    from sonoaudit.db.models import LLMClassification
+    from sonoaudit.db.session import session_scope
+
+    real = store.real_ids(1)
+    cfg = {
+        "questions": [
+            {"key": "class", "kind": "choice", "stage": "read", "prompt": "Class?",
+             "options": ["benign", "malignant"]},
+            {"key": "quality", "kind": "scale", "stage": "read", "prompt": "Mask quality?",
+             "min": 1, "max": 5, "step": 1},
+            {"key": "llm_match", "kind": "choice", "stage": "llm", "prompt": "Match?",
+             "options": ["agree", "disagree"]},
+        ],
+        "llm": {"model": "wanted-model"},
+    }
+    study, _ = create_study(store.ctx, "custom", real, [], config=cfg, seed=0)
+    add_llm(store.ctx, real[:1])  # model "fake-llm": filtered out
+    tok = add_reader(store.ctx, study.id, "A")
+    item = view_for_token(store.ctx, tok).items[0]
+    assert not item.has_llm
+    with store.ctx.sessions() as s:
+        img = s.get_one(Image, real[0])
+    with session_scope(store.ctx.sessions) as s:
+        for k, label in enumerate(["benign", "malignant"]):  # the later row wins
+            s.add(LLMClassification(
+                image_sha256=img.sha256, backend="b", model="wanted-model",
+                prompt_version="v1", prompt_hash="0" * 64, condition="c", replicate=k,
+                status="ok", label=label, rationale=f"row {k}"))
+    item = view_for_token(store.ctx, tok).items[0]
+    assert item.has_llm
+    with pytest.raises(InvalidAnswer, match="normal"):
+        submit(store.ctx, tok, item.item_key, "read", {"class": "normal", "quality": "3"},
+               client_event_id="cfg-normal")
+    with pytest.raises(InvalidAnswer, match="quality"):
+        submit(store.ctx, tok, item.item_key, "read", {"class": "benign", "quality": "6"},
+               client_event_id="cfg-quality6")
+    with pytest.raises(InvalidAnswer, match="unknown question"):
+        submit(store.ctx, tok, item.item_key, "read",
+               {"class": "benign", "quality": "2", "confidence": "20"},
+               client_event_id="cfg-unknown")
+    submit(store.ctx, tok, item.item_key, "read", {"class": "benign", "quality": "2"},
+           client_event_id="cfg-ok-read")
+    assert reveal_llm(store.ctx, tok, item.item_key).rationale == "row 1"
+    with pytest.raises(ValueError, match="divisible"):
+        create_study(store.ctx, "bad", real, [], config={"questions": [
+            {"key": "q", "kind": "scale", "stage": "read", "prompt": "?", "min": 0, "max": 10,
+             "step": 3}]})
