@@ -80,15 +80,22 @@ def build_study(ctx: AppContext, busbra: Path, per_group: int = 6, seed: int = 0
                  for n, im in enumerate(images)]
         s.add_all(items)
         s.flush()
+        # Four items shown twice, for intra-reader agreement.
+        repeats = [StudyItem(study_id=study.id, item_key=f"rep{n}", position=len(items) + n,
+                             image_id=it.image_id, repeat_of=it.id, source=it.source,
+                             ground_truth=it.ground_truth, dataset=it.dataset)
+                   for n, it in enumerate(items[::6])]
+        s.add_all(repeats)
+        s.flush()
         readers = [Reader(study_id=study.id, name=f"reader {j + 1}", token_hash=f"t{j}-{study.id}",
                           simulated=True) for j in range(4)]
         s.add_all(readers)
         s.flush()
         # Readers are right 85 % of the time on real items, 65 % on synthetic ones.
         ev = 0
-        for it in items:
+        for it in items + repeats:
             for rd in readers:
-                if rng.random() < 0.1:
+                if rng.random() < 0.1 and it.repeat_of is None:
                     continue  # not read yet
                 p = 0.85 if it.source == "real" else 0.65
                 label = it.ground_truth if rng.random() < p else str(rng.choice(CLASSES))
@@ -129,3 +136,26 @@ def build_study(ctx: AppContext, busbra: Path, per_group: int = 6, seed: int = 0
                      "provenance": {"extractor": "fid-inception-2015-12-05-pool3"}},
             provenance={"seed": 0}))
         return BuiltStudy(study.id, len(items), [r.name for r in readers])
+
+
+def build_empty_phantom_study(ctx: AppContext, busbra: Path) -> str:
+    """A study nobody has read yet, on a phantom dataset, with no LLM answers or metric runs."""
+    with (busbra / "bus_data.csv").open() as fh:
+        m = list(csv.DictReader(fh))[-1]  # an image the full study does not use
+    with session_scope(ctx.sessions) as s:
+        ds = Dataset(name="phantom", format="busbra", root_path="/phantom", is_phantom=True,
+                     fingerprint="phantom-test")
+        s.add(ds)
+        s.flush()
+        sha, rel = ctx.store.put((busbra / "Images" / f"{m['ID']}.png").read_bytes())
+        img = Image(sha256=sha, path=rel, source="real", class_label="benign", name="ph0",
+                    width=10, height=10, dataset_id=ds.id)
+        s.add(img)
+        s.flush()
+        study = Study(name="empty", config=StudyConfig().model_dump(mode="json"),
+                      admin_token_hash=hash_token("x"), seed=0)
+        s.add(study)
+        s.flush()
+        s.add(StudyItem(study_id=study.id, item_key="only", image_id=img.id, source="real",
+                        ground_truth="benign", dataset="phantom"))
+        return study.id

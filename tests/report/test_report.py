@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from report_study import ADMIN_TOKEN, BuiltStudy, build_study
+from report_study import ADMIN_TOKEN, BuiltStudy, build_empty_phantom_study, build_study
 from sonoaudit.context import AppContext, build_context
 from sonoaudit.settings import Settings
 
@@ -69,6 +69,14 @@ def test_every_section_is_filled(report, built: BuiltStudy) -> None:  # type: ig
     assert cons["replicate 0"]["confusion"]["cols_answer"][-1] == "no answer"
     assert len(llm["reader_vs_llm"]) == 4
     assert j["llm_match"]["all"]["n"] > 0
+    assert j["llm_match"]["ground_truth=benign"]["n"] > 0
+    assert llm["replicate_agreement"]["krippendorff_alpha"]["value"] is not None
+    assert set(llm["reader_vs_llm_by_source"]) == {"real", "synthetic"}
+    intra = j["intra_reader"]
+    assert intra["pooled"]["n"] == sum(p["n"] for p in intra["readers"].values()) > 0
+    assert j["n_repeat_items"] == 4
+    # Repeats stay out of the inter-reader statistics.
+    assert j["class_agreement"]["n_items"]["all"] == built.n_items
     assert j["metrics"][0]["fid"] == 63.2 and j["metrics"][0]["is"] is None
     assert {"image_grid", "memorisation_pairs", "confidence_histogram",
             "class_agreement_forest", "accuracy_real_vs_synthetic",
@@ -91,7 +99,9 @@ def test_agreement_cli_on_the_export_gives_the_service_numbers(
     from sonoaudit_raters.study.export import export_answers, rows_to_csv
     from typer.testing import CliRunner
 
-    rows = [r for r in export_answers(ctx, built.study_id) if r["question"] == "class"]
+    # The study's long export, class answers, repeated readings left out (as the report does).
+    rows = [r for r in export_answers(ctx, built.study_id)
+            if r["question"] == "class" and not r["repeat_of"]]
     path = tmp_path / "export.csv"
     path.write_text(rows_to_csv(rows))
     res = CliRunner().invoke(app, ["agreement", str(path), "--item", "item", "--rater", "reader",
@@ -156,7 +166,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path: Path) -> None:  #
                 if not req.url.startswith(("file:", "data:")) else None)
         page.goto((out / "report.html").as_uri())
         for section in ("not-run", "metrics", "agreement", "confidence", "accuracy", "llm",
-                        "memorisation", "images", "provenance"):
+                        "intra", "memorisation", "images", "provenance"):
             assert page.locator(f"#{section}").count() == 1, section
         assert page.locator("#banner").inner_text().startswith("SIMULATED reader panel")
         broken = page.evaluate("Array.from(document.images).filter("
@@ -167,3 +177,20 @@ def test_report_renders_in_headless_chromium(report, tmp_path: Path) -> None:  #
         browser.close()
     assert external == []
     assert (ARTIFACTS / "agreement-report.png").stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_unread_phantom_study_says_what_was_not_run(ctx: AppContext,
+                                                    busbra_sample: Path) -> None:
+    from sonoaudit_raters.report.render import build_report
+
+    study_id = build_empty_phantom_study(ctx, busbra_sample)
+    rep = build_report(ctx, study_id, n_boot=50)
+    sections = {x["section"] for x in rep.json["not_run"]}
+    assert {"reader agreement and accuracy", "confidence agreement and histograms",
+            "LLM accuracy and reader-vs-LLM agreement", "does the LLM match you",
+            "image metrics (FID/KID/IS)", "memorisation pairs"} <= sections
+    assert rep.json["phantom"] is True
+    assert "PHANTOM data" in rep.html
+    assert "no reader has answered the class question yet" in rep.html
+    assert "image_grid" in rep.figures

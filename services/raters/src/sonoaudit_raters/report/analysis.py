@@ -22,8 +22,20 @@ DEFAULT_CONFIDENCE = [str(v) for v in range(0, 101, 20)]
 
 
 def _questions(data: StudyData) -> dict[str, dict[str, Any]]:
-    qs = {q["key"]: q for q in data.study.get("config", {}).get("questions", [])}
-    return qs
+    """The study's class, confidence and LLM-match questions: the protocol's keys when present,
+    else the first read-stage choice / read-stage scale / llm-stage choice question."""
+    qs = list(data.study.get("config", {}).get("questions", []))
+    by_key = {q["key"]: q for q in qs}
+
+    def pick(key: str, stage: str, kind: str) -> dict[str, Any] | None:
+        if key in by_key:
+            return by_key[key]
+        return next((q for q in qs if q.get("stage") == stage and q.get("kind") == kind), None)
+
+    found = {"class": pick("class", "read", "choice"),
+             "confidence": pick("confidence", "read", "scale"),
+             "llm_match": pick("llm_match", "llm", "choice")}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def _class_scale(q: dict[str, Any] | None) -> list[str]:
@@ -114,7 +126,12 @@ def analyse_study(data: StudyData, *, n_boot: int = 2000, seed: int = 0,
                                  study_provenance=data.study.get("provenance")),
     }
     not_run: list[dict[str, str]] = out["not_run"]
-    cls_t = question_table(data, "class", classes, "nominal")
+    keys = {k: q["key"] for k, q in qs.items()}
+    keys.setdefault("class", "class")
+    keys.setdefault("confidence", "confidence")
+    keys.setdefault("llm_match", "llm_match")
+    out["questions"] = keys
+    cls_t = question_table(data, keys["class"], classes, "nominal")
     if cls_t is None:
         not_run.append({"section": "reader agreement and accuracy",
                         "why": "no reader has answered the class question yet"})
@@ -127,7 +144,7 @@ def analyse_study(data: StudyData, *, n_boot: int = 2000, seed: int = 0,
         if cls_t.n_raters < 2:
             not_run.append({"section": "inter-reader agreement",
                             "why": f"only {cls_t.n_raters} reader has answered"})
-    conf_t = question_table(data, "confidence", _confidence_scale(conf_q), "ordinal")
+    conf_t = question_table(data, keys["confidence"], _confidence_scale(conf_q), "ordinal")
     if conf_t is None:
         not_run.append({"section": "confidence agreement and histograms",
                         "why": "no confidence answers (question absent or not answered yet)"})
@@ -135,11 +152,22 @@ def analyse_study(data: StudyData, *, n_boot: int = 2000, seed: int = 0,
         out["confidence_agreement"] = by_strata(
             conf_t, lambda t, s: agreement(t, n_boot=n_boot, seed=s), seed)
         hist: dict[str, dict[str, int]] = {}
-        for src in ("real", "synthetic"):
-            m = np.array([x == src for x in conf_t.attrs["source"]])
+        groups = [(src, None) for src in ("real", "synthetic")] + [
+            (src, cls) for cls in classes for src in ("real", "synthetic")]
+        for src, cls in groups:
+            m = np.array([x == src and (cls is None or g == cls) for x, g in
+                          zip(conf_t.attrs["source"], conf_t.attrs["ground_truth"], strict=True)])
             vals = conf_t.codes[m][conf_t.codes[m] >= 0]
-            hist[src] = {c: int((vals == k).sum()) for k, c in enumerate(conf_t.categories)}
+            label = src if cls is None else f"{cls}/{src}"
+            hist[label] = {c: int((vals == k).sum()) for k, c in enumerate(conf_t.categories)}
         out["confidence_histogram"] = hist
+    if out["n_repeat_items"]:
+        intra = intra_reader(data, keys["class"], classes, n_boot, seed)
+        if intra is not None:
+            out["intra_reader"] = intra
+        else:
+            not_run.append({"section": "intra-reader agreement",
+                            "why": "no reader has answered both readings of a repeated item"})
     configs = llm_configs(data)
     if not configs:
         not_run.append({"section": "LLM accuracy and reader-vs-LLM agreement",
@@ -156,16 +184,28 @@ def analyse_study(data: StudyData, *, n_boot: int = 2000, seed: int = 0,
                 tt, _truth(tt), positive=positive, missing="wrong", majority=False,
                 n_boot=n_boot, seed=s), seed),
         }
+        reps = [r for r in t.raters if r.startswith("replicate ")]
+        if len(reps) >= 2:
+            entry["replicate_agreement"] = agreement(t.select_raters(reps), n_boot=n_boot,
+                                                     seed=seed)
         if cls_t is not None:
             entry["reader_vs_llm"] = _reader_vs_llm(cls_t, t, n_boot, seed)
+            entry["reader_vs_llm_by_source"] = {
+                src: _reader_vs_llm(cls_t.subset(np.array(cls_t.attrs["source"]) == src), t,
+                                    n_boot, seed + 1 + k)
+                for k, src in enumerate(("real", "synthetic"))
+                if src in cls_t.attrs["source"]}
         out["llm"][key] = entry
-    match = [a for a in data.answers if a["question"] == "llm_match"]
+    match = [a for a in data.answers if a["question"] == keys["llm_match"]]
     if match:
         base = {i["item"]: i for i in data.items}
         summary: dict[str, Any] = {"all": match_summary([a["answer"] for a in match])}
         for src in ("real", "synthetic"):
             summary[f"source={src}"] = match_summary(
                 [a["answer"] for a in match if base[a["item"]]["source"] == src])
+        for cls in classes:
+            summary[f"ground_truth={cls}"] = match_summary(
+                [a["answer"] for a in match if base[a["item"]]["ground_truth"] == cls])
         for right in (True, False):
             summary["llm_correct" if right else "llm_wrong"] = match_summary(
                 [a["answer"] for a in match if a.get("llm_label")
@@ -194,3 +234,31 @@ def _reader_vs_llm(readers: RatingTable, llm: RatingTable, n_boot: int, seed: in
                            np.column_stack([readers.codes, col]), "nominal", dict(readers.attrs))
     return pairwise_kappa(combined, pairs=[(r, "LLM") for r in readers.raters],
                           n_boot=n_boot, seed=seed)
+
+
+def intra_reader(data: StudyData, question: str, classes: list[str], n_boot: int,
+                 seed: int) -> dict[str, Any] | None:
+    """Each reader against themself on repeated items (first reading vs repeat), per reader
+    and pooled over readers (units = reader × item)."""
+    key_of_original = {i["item"]: i["repeat_of"] for i in data.items if i["repeat_of"]}
+    answers = {(a["reader"], a["item"]): a["answer"] for a in data.answers
+               if a["question"] == question}
+    rows: list[dict[str, Any]] = []
+    for (reader, item), value in answers.items():
+        original = key_of_original.get(item)
+        if original is None or (reader, original) not in answers:
+            continue
+        unit = f"{reader}|{original}"
+        rows.append({"item": unit, "rater": "first reading",
+                     "value": answers[(reader, original)], "reader": reader})
+        rows.append({"item": unit, "rater": "repeat", "value": value, "reader": reader})
+    if not rows:
+        return None
+    pooled = from_long(rows, scale=classes, attrs=("reader",), source="repeated items")
+    out: dict[str, Any] = {"pooled": pairwise_kappa(pooled, n_boot=n_boot, seed=seed)[0],
+                           "readers": {}}
+    readers = np.array(pooled.attrs["reader"])
+    for k, reader in enumerate(sorted({str(r) for r in pooled.attrs["reader"]})):
+        sub = pooled.subset(readers == reader)
+        out["readers"][str(reader)] = pairwise_kappa(sub, n_boot=n_boot, seed=seed + 1 + k)[0]
+    return out

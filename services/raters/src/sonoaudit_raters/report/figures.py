@@ -93,7 +93,8 @@ def confusion(cm: dict[str, Any], title: str) -> bytes:
     return _png(fig)
 
 
-def confidence_histogram(hist: dict[str, dict[str, int]], banner: str | None) -> bytes:
+def confidence_histogram(hist: dict[str, dict[str, int]], banner: str | None,
+                         title: str = "Confidence, real vs synthetic") -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     levels = list(next(iter(hist.values())))
@@ -108,8 +109,7 @@ def confidence_histogram(hist: dict[str, dict[str, int]], banner: str | None) ->
     ax.set_xlabel("reader confidence in the annotation")
     ax.set_ylabel("share of answers")
     ax.legend(fontsize=8)
-    ax.set_title("Confidence, real vs synthetic" + (f" — {banner}" if banner else ""),
-                 fontsize=10)
+    ax.set_title(title + (f" — {banner}" if banner else ""), fontsize=10)
     return _png(fig)
 
 

@@ -74,6 +74,18 @@ def csv_rows(analysis: dict[str, Any]) -> list[dict[str, Any]]:
         add_strata(f"llm_accuracy:{key}", entry["accuracy"])
         for p in entry.get("reader_vs_llm", []):
             add(f"reader_vs_llm:{key}", "all", {f"kappa/{p['rater_a']}": p["_estimate"]})
+        for src, pairs in entry.get("reader_vs_llm_by_source", {}).items():
+            for p in pairs:
+                add(f"reader_vs_llm:{key}", f"source={src}",
+                    {f"kappa/{p['rater_a']}": p["_estimate"]})
+        if "replicate_agreement" in entry:
+            add(f"llm_replicate_agreement:{key}", "all",
+                flatten_estimates(entry["replicate_agreement"]))
+    intra = analysis.get("intra_reader")
+    if intra:
+        add("intra_reader", "all", {"kappa/pooled": intra["pooled"]["_estimate"]})
+        add("intra_reader", "all", {f"kappa/{r}": p["_estimate"]
+                                    for r, p in intra["readers"].items()})
     return rows
 
 
@@ -233,8 +245,14 @@ def build_report(ctx: AppContext, study_id: str, *, n_boot: int = 2000, seed: in
     if acc_rows:
         figs["accuracy_real_vs_synthetic"] = figures.accuracy_bars(acc_rows, banner)
     if "confidence_histogram" in analysis:
+        hist = analysis["confidence_histogram"]
         figs["confidence_histogram"] = figures.confidence_histogram(
-            analysis["confidence_histogram"], banner)
+            {src: hist[src] for src in ("real", "synthetic")}, banner)
+        for cls in sorted({k.split("/")[0] for k in hist if "/" in k}):
+            pair = {src: hist[f"{cls}/{src}"] for src in ("real", "synthetic")}
+            if sum(sum(v.values()) for v in pair.values()):
+                figs[f"confidence_histogram_{cls}"] = figures.confidence_histogram(
+                    pair, banner, title=f"Confidence, {cls}: real vs synthetic")
     figs.update(_image_figures(ctx, data, banner))
     if "memorisation_pairs" not in figs:
         analysis["not_run"].append({"section": "memorisation pairs",
