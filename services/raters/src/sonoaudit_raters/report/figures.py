@@ -28,17 +28,28 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def forest(strata: dict[str, dict[str, Any]], title: str, banner: str | None) -> bytes:
+CONFIDENCE_KEYS = (("percent_agreement", "% exact agreement"),
+                   ("alpha:ordinal", "Krippendorff α ordinal"),
+                   ("alpha:interval", "Krippendorff α interval"))
+
+
+def _stat(res: dict[str, Any], key: str) -> dict[str, Any]:
+    if key.startswith("alpha:"):
+        return dict(res["krippendorff_alpha_by_level"].get(key[6:]) or {})
+    return dict(res[key])
+
+
+def forest(strata: dict[str, dict[str, Any]], title: str, banner: str | None,
+           keys: tuple[tuple[str, str], ...] = AGREEMENT_KEYS) -> bytes:
     """Each agreement statistic per stratum with its 95 % CI (undefined ones marked)."""
     plt = _plt()
     labels = list(strata)
-    fig, axes = plt.subplots(1, len(AGREEMENT_KEYS), figsize=(3.2 * len(AGREEMENT_KEYS),
-                                                              0.45 * len(labels) + 1.6),
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 0.45 * len(labels) + 1.6),
                              sharey=True)
     y = np.arange(len(labels))[::-1]
-    for ax, (key, name) in zip(axes, AGREEMENT_KEYS, strict=True):
+    for ax, (key, name) in zip(axes, keys, strict=True):
         for yy, lab in zip(y, labels, strict=True):
-            e = strata[lab][key]
+            e = _stat(strata[lab], key)
             if e.get("value") is None:
                 ax.text(0, yy, "undefined", va="center", fontsize=7, color="grey")
                 continue

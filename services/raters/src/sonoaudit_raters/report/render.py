@@ -212,13 +212,14 @@ def build_report(ctx: AppContext, study_id: str, *, n_boot: int = 2000, seed: in
         flags.append("PHANTOM data")
     banner = " · ".join(flags) or None
     figs: dict[str, bytes] = {}
-    for key, title in (("class_agreement", "Class agreement"),
-                       ("confidence_agreement", "Confidence agreement")):
+    for key, title, keys in (("class_agreement", "Class agreement", figures.AGREEMENT_KEYS),
+                             ("confidence_agreement", "Confidence agreement",
+                              figures.CONFIDENCE_KEYS)):
         if key in analysis:
             strata = public(analysis[key]["strata"])
             for lab in strata:
                 strata[lab]["n_items"] = analysis[key]["n_items"][lab]
-            figs[f"{key}_forest"] = figures.forest(strata, title, banner)
+            figs[f"{key}_forest"] = figures.forest(strata, title, banner, keys)
     acc_rows: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
     if "reader_accuracy" in analysis:
         st = public(analysis["reader_accuracy"]["strata"])
