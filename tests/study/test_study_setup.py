@@ -265,6 +265,8 @@ def test_assignments_materialised_at_enrolment(store: Any) -> None:
 
 
 def test_custom_questions_and_llm_filter(store: Any, add_llm: Any) -> None:
+    from datetime import UTC, datetime
+
     from sonoaudit.db.models import LLMClassification
     from sonoaudit.db.session import session_scope
 
@@ -281,15 +283,15 @@ def test_custom_questions_and_llm_filter(store: Any, add_llm: Any) -> None:
         "llm": {"model": "wanted-model"},
     }
     study, _ = create_study(store.ctx, "custom", real, [], config=cfg, seed=0)
-    add_llm(store.ctx, real[:1])  # model "fake-llm": filtered out
     tok = add_reader(store.ctx, study.id, "A")
     item = view_for_token(store.ctx, tok).items[0]
-    assert not item.has_llm
+    add_llm(store.ctx, [item.image_id])  # model "fake-llm": filtered out
+    assert not view_for_token(store.ctx, tok).items[0].has_llm
     with store.ctx.sessions() as s:
-        img = s.get_one(Image, real[0])
+        img = s.get_one(Image, item.image_id)
     with session_scope(store.ctx.sessions) as s:
         for k, label in enumerate(["benign", "malignant"]):  # the later row wins
-            s.add(LLMClassification(
+            s.add(LLMClassification(created_at=datetime(2026, 1, 1 + k, tzinfo=UTC),
                 image_sha256=img.sha256, backend="b", model="wanted-model",
                 prompt_version="v1", prompt_hash="0" * 64, condition="c", replicate=k,
                 status="ok", label=label, rationale=f"row {k}"))
