@@ -89,6 +89,8 @@ def import_dataset(
         raise ValueError(f"size must be at least 8 pixels, got {size}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if name is not None and not 0 < len(name) <= 200:
+        raise ValueError(f"name must have 1 to 200 characters, got {len(name)}")
     result = dataset_scan if dataset_scan is not None else scan(path, progress=progress)
     result.raise_for_problems()
     fp = fingerprint(result.records)

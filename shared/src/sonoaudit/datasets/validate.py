@@ -24,6 +24,8 @@ from sonoaudit.datasets.imageio import (
 from sonoaudit.datasets.records import CLASSES, ImageRecord, Problem
 
 LESION_CLASSES = ("benign", "malignant")
+MAX_NAME = 255
+MAX_CASE_ID = 64
 
 
 def check_records(
@@ -43,6 +45,11 @@ def check_records(
     first_seen: dict[str, ImageRecord] = {}
 
     for rec in tqdm(records, desc="checking images", unit="img", disable=not progress):
+        # Column widths of the images table (Image.name, Image.case_id).
+        if len(rec.name) > MAX_NAME or len(rec.case_id) > MAX_CASE_ID:
+            problems.append(Problem(str(rec.image_path), (
+                f"name ({len(rec.name)} chars) or case id ({len(rec.case_id)} chars) too long; "
+                f"at most {MAX_NAME} and {MAX_CASE_ID} characters")))
         if rec.class_label not in CLASSES:
             problems.append(Problem(str(rec.image_path), (
                 f"unknown class label {rec.class_label!r}; expected one of {', '.join(CLASSES)}")))
