@@ -5,6 +5,7 @@ from sonoaudit.db.models.classifier import LLMClassification
 from sonoaudit.db.models.core import Dataset, DeadLetter, Image, Job
 from sonoaudit.db.models.generator import GenerationRun, Model, TrainingRun
 from sonoaudit.db.models.metrics import MetricRun
+from sonoaudit.db.models.pipeline import PipelineRun, PipelineStep
 from sonoaudit.db.models.study import Answer, Assignment, Reader, Study, StudyItem
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "LLMClassification",
     "MetricRun",
     "Model",
+    "PipelineRun",
+    "PipelineStep",
     "Reader",
     "Study",
     "StudyItem",

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 20:06:17.239129
+Create Date: 2026-12-03 20:19:01.207285
 """
 from collections.abc import Sequence
 
@@ -64,6 +64,16 @@ def upgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_jobs_kind'), ['kind'], unique=False)
 
+    op.create_table('pipeline_runs',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('config', sa.JSON(), nullable=False),
+    sa.Column('transport', sa.String(length=16), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_pipeline_runs')),
+    sa.UniqueConstraint('name', name=op.f('uq_pipeline_runs_name'))
+    )
     op.create_table('studies',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
@@ -89,6 +99,24 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_metric_runs')),
     sa.UniqueConstraint('job_id', name=op.f('uq_metric_runs_job_id'))
     )
+    op.create_table('pipeline_steps',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('run_id', sa.String(length=32), nullable=False),
+    sa.Column('step', sa.String(length=32), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('inputs_hash', sa.String(length=64), nullable=False),
+    sa.Column('output', sa.JSON(), nullable=False),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('provenance', sa.JSON(), nullable=False),
+    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['run_id'], ['pipeline_runs.id'], name=op.f('fk_pipeline_steps_run_id_pipeline_runs')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_pipeline_steps')),
+    sa.UniqueConstraint('run_id', 'step', name=op.f('uq_pipeline_steps_run_id_step'))
+    )
+    with op.batch_alter_table('pipeline_steps', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_pipeline_steps_run_id'), ['run_id'], unique=False)
+
     op.create_table('readers',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('study_id', sa.String(length=32), nullable=False),
@@ -334,8 +362,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_readers_study_id'))
 
     op.drop_table('readers')
+    with op.batch_alter_table('pipeline_steps', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_pipeline_steps_run_id'))
+
+    op.drop_table('pipeline_steps')
     op.drop_table('metric_runs')
     op.drop_table('studies')
+    op.drop_table('pipeline_runs')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_jobs_kind'))
 

@@ -1,0 +1,1 @@
+"""Bundled run-study configurations."""
