@@ -23,7 +23,7 @@ $(STAMP): requirements.txt shared/pyproject.toml $(wildcard services/*/pyproject
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/sonoaudit run-study $(if $(DATA),--data $(DATA),) sonoaudit-demo
+	$(BIN)/sonoaudit run-study demo $(if $(DATA),--data $(DATA),)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

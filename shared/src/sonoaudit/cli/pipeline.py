@@ -13,10 +13,13 @@ def register(app: typer.Typer) -> None:
     @app.command("run-study")
     def run_study(
         config: str = typer.Argument(..., help="CONFIG.yaml, or 'demo' for the bundled demo."),
-        data: str | None = typer.Option(None, "--data", help="Dataset folder (overrides data.path)."),
-        out: Path | None = typer.Option(None, "--out", help="Output folder (default runs/<name>)."),
+        data: str | None = typer.Option(
+            None, "--data", help="Dataset folder (overrides data.path)."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Output folder (default runs/<name>)."),
         name: str | None = typer.Option(None, "--name", help="Run name (overrides name)."),
-        from_step: str | None = typer.Option(None, "--from", help="Force this step and all after it."),
+        from_step: str | None = typer.Option(
+            None, "--from", help="Force this step and all after it."),
     ) -> None:
         """Run the study: import → train → generate → metrics → LLM → reader study → agreement →
         report. Finished steps are skipped on a re-run; progress is printed as it goes."""
@@ -32,7 +35,8 @@ def register(app: typer.Typer) -> None:
             fail(f"--data {data}: not a folder")
         overrides = {"data.path": str(Path(data).resolve()) if data else None, "name": name}
         if data and name is None:
-            overrides["name"] = f"{config if config == 'demo' else Path(config).stem}-{Path(data).name}"
+            stem = config if config == "demo" else Path(config).stem
+            overrides["name"] = f"{stem}-{Path(data).name}"
         try:
             cfg = load_config(config, **overrides)
         except ValueError as exc:
