@@ -19,7 +19,9 @@ class MetricRun(Base):
     real_ref: Mapped[str] = mapped_column(Text)
     synthetic_ref: Mapped[str] = mapped_column(Text)
     class_label: Mapped[str | None] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default="running")
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|done|failed
     results: Mapped[dict[str, Any]] = mapped_column(default=dict)
     provenance: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)  # why a failed run failed (names the input)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()

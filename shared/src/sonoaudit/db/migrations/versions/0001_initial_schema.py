@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-12-03 20:19:01.207285
+Create Date: 2026-12-03 20:21:42.949763
 """
 from collections.abc import Sequence
 
@@ -94,7 +94,9 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('results', sa.JSON(), nullable=False),
     sa.Column('provenance', sa.JSON(), nullable=False),
+    sa.Column('error', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_metric_runs_job_id_jobs')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_metric_runs')),
     sa.UniqueConstraint('job_id', name=op.f('uq_metric_runs_job_id'))
