@@ -61,3 +61,18 @@ def test_plan_study_is_labelled_simulated_and_narrows_with_more_data() -> None:
     # CI width shrinks roughly with sqrt(n): 8x the images → about a third of the width.
     assert big["ci_width_fleiss_kappa"] < 0.6 * small["ci_width_fleiss_kappa"]
     assert big["ci_width_accuracy_difference"] < 0.6 * small["ci_width_accuracy_difference"]
+
+
+def test_ordinal_text_levels_without_scale_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("item,rater,value\n1,a,low\n1,b,high\n2,a,mid\n2,b,mid\n")
+    res = CliRunner().invoke(app, ["agreement", str(path), "--level", "ordinal"])
+    assert res.exit_code == 2 and "needs --scale" in res.output
+    ok = CliRunner().invoke(app, ["agreement", str(path), "--level", "ordinal",
+                                  "--scale", "low,mid,high", "-B", "50", "--json"])
+    assert ok.exit_code == 0, ok.output
+    pair = json.loads(ok.output)["cohen_kappa_pairwise"][0]
+    # low/high disagree at distance 2 of 2, mid/mid agree: hand-worked quadratic kappa.
+    # observed Σw·o = 4·1 (one item) ; rows a: low, mid ; cols b: high, mid ; n = 2
+    # expected Σw·e = (w(low,high)·1·1 + w(low,mid)·1·1 + w(mid,high)·1·1 + 0)/2 = (4+1+1)/2
+    assert pair["weighted"]["quadratic"]["value"] == pytest.approx(1 - 4 / 3)

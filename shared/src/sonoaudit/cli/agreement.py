@@ -61,6 +61,12 @@ def register(app: typer.Typer) -> None:
                               scale=levels, source=str(ratings), first_row=2)
         except RatingTableError as exc:
             fail(str(exc))
+        if level != "nominal" and not levels:
+            if table.numeric_values() is None:
+                fail(f"--level {level} with text values {table.categories} needs --scale to "
+                     "give their order (they would otherwise be sorted alphabetically)")
+            typer.echo(f"note: no --scale given; weighted kappa uses only the observed levels "
+                       f"{table.categories} — declare the full scale if others exist", err=True)
         result = public(agreement(table, n_boot=n_boot, seed=seed))
         result["input"] = {"file": str(ratings), "item": item, "rater": rater, "value": value}
         result["provenance"] = provenance(kind="agreement", seed=seed, n_boot=n_boot,
@@ -133,6 +139,10 @@ def register(app: typer.Typer) -> None:
             grid_readers = [int(x) for x in readers.split(",")]
         except ValueError as exc:
             fail(f"bad option value: {exc}")
+        if min(grid_images) < 4:
+            fail(f"--images: each number must be at least 4, got {grid_images}")
+        if min(grid_readers) < 2:
+            fail(f"--readers: agreement needs at least 2 readers, got {grid_readers}")
         result = plan(spec, grid_images, grid_readers, simulations=simulations, n_boot=n_boot,
                       seed=seed)
         if as_json:

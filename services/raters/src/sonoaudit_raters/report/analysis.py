@@ -14,7 +14,7 @@ from sonoaudit_raters.report.study_data import StudyData
 from sonoaudit_raters.stats import agreement, from_long, pairwise_kappa
 from sonoaudit_raters.stats.accuracy import TIE_POLICIES, TiePolicy, accuracy, match_summary
 from sonoaudit_raters.stats.strata import by_strata
-from sonoaudit_raters.stats.table import RatingTable
+from sonoaudit_raters.stats.table import RatingTable, RatingTableError
 
 ATTRS = ("source", "ground_truth", "dataset")
 DEFAULT_CLASSES = ["benign", "malignant", "normal"]
@@ -48,17 +48,25 @@ def _confidence_scale(q: dict[str, Any] | None) -> list[str]:
     return DEFAULT_CONFIDENCE
 
 
-def question_table(data: StudyData, question: str, scale: list[str], level: str
-                   ) -> RatingTable | None:
-    """Reader answers to one question as a rating table over the study's non-repeat items."""
+def question_table(data: StudyData, question: str, scale: list[str], level: str,
+                   not_run: list[dict[str, str]] | None = None) -> RatingTable | None:
+    """Reader answers to one question as a rating table over the study's non-repeat items.
+    An answer outside the question's scale is reported in ``not_run`` (never dropped)."""
     base = {i["item"]: i for i in data.items if not i["repeat_of"]}
     rows = [{"item": a["item"], "rater": a["reader"], "value": a["answer"],
              **{k: base[a["item"]][k] for k in ATTRS}}
             for a in data.answers if a["question"] == question and a["item"] in base]
     if not rows:
         return None
-    return from_long(rows, level=level, scale=scale, attrs=ATTRS,  # type: ignore[arg-type]
-                     source=f"study {data.study['id']} question {question!r}")
+    try:
+        return from_long(rows, level=level, scale=scale, attrs=ATTRS,  # type: ignore[arg-type]
+                         source=f"study {data.study['id']} question {question!r}")
+    except RatingTableError as exc:
+        if not_run is None:
+            raise
+        not_run.append({"section": f"statistics of question {question!r}",
+                        "why": f"the stored answers do not fit the question: {exc}"})
+        return None
 
 
 def llm_configs(data: StudyData) -> dict[str, list[dict[str, Any]]]:
@@ -131,11 +139,12 @@ def analyse_study(data: StudyData, *, n_boot: int = 2000, seed: int = 0,
     keys.setdefault("confidence", "confidence")
     keys.setdefault("llm_match", "llm_match")
     out["questions"] = keys
-    cls_t = question_table(data, keys["class"], classes, "nominal")
-    if cls_t is None:
+    n_before = len(not_run)
+    cls_t = question_table(data, keys["class"], classes, "nominal", not_run)
+    if cls_t is None and len(not_run) == n_before:
         not_run.append({"section": "reader agreement and accuracy",
                         "why": "no reader has answered the class question yet"})
-    else:
+    elif cls_t is not None:
         out["class_agreement"] = by_strata(
             cls_t, lambda t, s: agreement(t, n_boot=n_boot, seed=s), seed)
         out["reader_accuracy"] = by_strata(
@@ -144,11 +153,13 @@ def analyse_study(data: StudyData, *, n_boot: int = 2000, seed: int = 0,
         if cls_t.n_raters < 2:
             not_run.append({"section": "inter-reader agreement",
                             "why": f"only {cls_t.n_raters} reader has answered"})
-    conf_t = question_table(data, keys["confidence"], _confidence_scale(conf_q), "ordinal")
-    if conf_t is None:
+    n_before = len(not_run)
+    conf_t = question_table(data, keys["confidence"], _confidence_scale(conf_q), "ordinal",
+                            not_run)
+    if conf_t is None and len(not_run) == n_before:
         not_run.append({"section": "confidence agreement and histograms",
                         "why": "no confidence answers (question absent or not answered yet)"})
-    else:
+    elif conf_t is not None:
         out["confidence_agreement"] = by_strata(
             conf_t, lambda t, s: agreement(t, n_boot=n_boot, seed=s), seed)
         hist: dict[str, dict[str, int]] = {}
