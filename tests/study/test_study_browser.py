@@ -210,3 +210,48 @@ def test_done_when_on_postgres(pg_store: Any, add_llm: Any, browser: Any, artifa
                                serve: Any) -> None:
     with serve(pg_store.settings) as server:
         _done_when(pg_store, server.url, browser, add_llm, artifacts, "postgres")
+
+
+def test_admin_pages_in_browser(store: Any, live: Any, browser: Any, artifacts: Path) -> None:
+    study, admin = create_study(store.ctx, "Admin UI", store.real_ids(1), store.synthetic_ids(1),
+                                seed=3)
+    bctx = browser.new_context()
+    page = bctx.new_page()
+    r = page.goto(f"{live.url}/study/admin/{study.id}")
+    assert r is not None and r.status == 403
+    page.get_by_label("Admin token").fill("wrong")
+    page.get_by_role("button", name="Sign in").click()
+    assert page.get_by_role("alert").is_visible()
+    page.get_by_label("Admin token").fill(admin)
+    page.get_by_role("button", name="Sign in").click()
+    assert page.url.endswith(f"/study/admin/{study.id}")
+    page.get_by_label("Reader name").fill("Dr Web")
+    page.get_by_role("button", name="Create invitation link").click()
+    link = page.get_by_label("Invitation link").input_value()
+    assert link.startswith(f"{live.url}/study/r/")
+    assert page.locator("tbody th", has_text="Dr Web").count() == 1
+    page.screenshot(path=str(artifacts / "admin.png"), full_page=True)
+    # the new reader answers one image with an invalid form post (no JS), then validly
+    rp = bctx.new_page()
+    rp.goto(link)
+    assert rp.url.endswith("/item/1")
+    key = rp.locator("#answer-form").get_attribute("data-item")
+    resp = rp.request.post(f"{link}/item/1", form={
+        "item_key": str(key), "step": "read", "client_event_id": "bad-form-post",
+        "class": "benign", "confidence": "70", "flag": "artefact"})
+    assert resp.status == 422 and "confidence" in resp.text()
+    answer_current(rp, "benign", 3)
+    page.goto(f"{live.url}/study/admin/{study.id}")
+    row = page.locator("tbody tr", has_text="Dr Web")
+    assert "1 / 4" in row.inner_text()
+    with page.expect_navigation():
+        row.get_by_role("button", name="Revoke link").click()
+    assert "revoked" in page.locator("tbody tr", has_text="Dr Web").inner_text()
+    r = rp.goto(link)
+    assert r is not None and r.status == 403
+    # downloads need the admin cookie: a fresh context without it is refused
+    other = browser.new_context()
+    r = other.new_page().goto(f"{live.url}/study/admin/{study.id}/export.csv")
+    assert r is not None and r.status == 403
+    other.close()
+    bctx.close()

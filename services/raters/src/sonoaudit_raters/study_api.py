@@ -169,7 +169,8 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
                 state = view.by_key(str(form.get("item_key") or ""))
             except StudyError:
                 return error_page(exc)
-            draft = {k: v for k, v in values.items() if v}
+            # Keep what the reader chose so a correction needs one change, not a new form.
+            draft = {k: ";".join(v) if isinstance(v, list) else v for k, v in values.items() if v}
             return render_item(token, view, state.position + 1, status=exc.status,
                                error=exc.message, draft=state.answers | draft)
         if result.complete:
