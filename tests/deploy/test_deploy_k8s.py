@@ -221,3 +221,22 @@ def _images(objs: Objects) -> set[str]:
 def test_gpu_overlay_pins_image_tags() -> None:
     for image in _images(objects("gpu")):
         assert ":" in image and not image.endswith(":latest"), image
+
+
+@pytest.mark.parametrize("overlay", ["dev", "gpu"])
+def test_services_wait_for_the_schema_before_starting(overlay: str) -> None:
+    objs = objects(overlay)
+    script = (REPO / "deploy/k8s/base/wait_for_schema.py").read_text()
+    for name in APP_SERVICES:
+        dep = find(objs, "Deployment", name)
+        pod = dep["spec"]["template"]["spec"]
+        (init,) = pod["initContainers"]
+        assert init["image"] == container(dep)["image"]  # same code, same schema revision
+        assert init["command"] == ["python", "/opt/sonoaudit-scripts/wait_for_schema.py"]
+        assert init["envFrom"] == container(dep)["envFrom"]
+        mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+        volume = next(v for v in pod["volumes"] if v["name"] == "scripts")
+        # The (hash-suffixed) ConfigMap the volume names exists and holds the script verbatim.
+        config = find(objs, "ConfigMap", volume["configMap"]["name"])
+        assert mounts["scripts"] == "/opt/sonoaudit-scripts"
+        assert config["data"]["wait_for_schema.py"] == script
