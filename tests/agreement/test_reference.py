@@ -85,6 +85,8 @@ def test_alpha_bootstrap_form_equals_package(level: str, seed: int) -> None:
     from sonoaudit_raters.stats.agreement import alpha_from_coincidences, coincidences
 
     rows = random_rows(seed, 50, 4, CONF, missing=0.25)
+    # Level 20 unused: alpha must not depend on declared-but-unused levels.
+    rows = [r for r in rows if r["value"] != 20]
     t = from_long(rows, level=level, scale=CONF)  # type: ignore[arg-type]
     data = np.array([[np.nan if c < 0 else CONF[c] for c in col] for col in t.codes.T])
     ref = krippendorff.alpha(reliability_data=data, level_of_measurement=level,
@@ -92,6 +94,10 @@ def test_alpha_bootstrap_form_equals_package(level: str, seed: int) -> None:
     o = coincidences(t.counts()).sum(axis=0, keepdims=True)
     assert alpha_from_coincidences(o, level, t.numeric_values())[0] == pytest.approx(ref, abs=1e-10)
     assert agreement(t, n_boot=0)["krippendorff_alpha"].value == pytest.approx(ref, abs=1e-12)
+    used_only = from_long(rows, level=level, scale=[c for c in CONF if c != 20])  # type: ignore[arg-type]
+    o2 = coincidences(used_only.counts()).sum(axis=0, keepdims=True)
+    assert alpha_from_coincidences(o2, level, used_only.numeric_values())[0] == pytest.approx(
+        ref, abs=1e-10)
 
 
 @pytest.mark.parametrize("seed", [7, 8])
