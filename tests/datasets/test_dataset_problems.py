@@ -111,8 +111,20 @@ def test_duplicate_across_classes(tmp_path: Path) -> None:
     (root / "Images" / "bus_0004-s.png").write_bytes(same)  # benign copy labelled malignant
     found = problems_by_file(root)
     assert list(found) == ["bus_0004-s.png"]
-    assert found["bus_0004-s.png"][0].startswith("duplicate image across classes: identical to ")
+    assert found["bus_0004-s.png"][0].startswith(
+        "duplicate image across classes: identical file to ")
     assert "bus_0001-s.png (benign) but labelled malignant" in found["bus_0004-s.png"][0]
+
+
+def test_re_encoded_duplicate_within_a_class(tmp_path: Path) -> None:
+    """Same pixels, different bytes (saved as RGB): still a duplicate, and it would leak."""
+    root = small_busbra(tmp_path)
+    grey = Image.open(root / "Images" / "bus_0001-s.png")
+    grey.convert("RGB").save(root / "Images" / "bus_0002-s.png")
+    found = problems_by_file(root)
+    assert found == {"bus_0002-s.png": [
+        f"duplicate image: identical pixels to {root / 'Images' / 'bus_0001-s.png'} (same class "
+        "benign); remove one copy, or it leaks across splits"]}
 
 
 def test_missing_columns(tmp_path: Path) -> None:

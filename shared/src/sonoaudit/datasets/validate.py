@@ -61,7 +61,7 @@ def check_records(
         digest = hashlib.sha256(data).hexdigest()
         try:
             im = open_bytes(data)
-            _, conversion = to_grey(im)
+            grey, conversion = to_grey(im)
         except ImageReadError as exc:
             problems.append(Problem(str(rec.image_path), str(exc)))
             continue
@@ -101,21 +101,26 @@ def check_records(
             problems.append(Problem(str(rec.mask_paths[0]), (
                 f"image labelled {rec.class_label} has an empty mask (no lesion pixels)")))
 
-        prior = first_seen.get(digest)
+        # Duplicates by grey pixels, not file bytes: a re-encoded or RGB-saved copy of the same
+        # frame is the same image (identical bytes are a special case).
+        pixels = hashlib.sha256(f"{grey.shape}".encode() + grey.tobytes()).hexdigest()
+        prior = first_seen.get(pixels)
         if prior is not None:
+            same = "identical file" if prior.sha256 == digest else "identical pixels"
             if prior.class_label != rec.class_label:
-                what = (f"duplicate image across classes: identical to {prior.image_path} "
+                what = (f"duplicate image across classes: {same} to {prior.image_path} "
                         f"({prior.class_label}) but labelled {rec.class_label}")
             else:
-                what = (f"duplicate image: identical to {prior.image_path} (same class "
+                what = (f"duplicate image: {same} to {prior.image_path} (same class "
                         f"{rec.class_label}); remove one copy, or it leaks across splits")
             problems.append(Problem(str(rec.image_path), what))
-        else:
-            first_seen[digest] = rec
 
-        meta = {**rec.meta, "grey_conversion": conversion, "original_mode": im.mode}
-        checked.append(dataclasses.replace(
-            rec, sha256=digest, width=width, height=height, meta=meta))
+        meta = {**rec.meta, "grey_conversion": conversion, "original_mode": im.mode,
+                "pixel_sha256": pixels}
+        done = dataclasses.replace(rec, sha256=digest, width=width, height=height, meta=meta)
+        if prior is None:
+            first_seen[pixels] = done
+        checked.append(done)
 
     counts: dict[str, int] = {}
     for rec in records:
