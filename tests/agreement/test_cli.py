@@ -76,3 +76,24 @@ def test_ordinal_text_levels_without_scale_are_refused(tmp_path: Path) -> None:
     # observed Σw·o = 4·1 (one item) ; rows a: low, mid ; cols b: high, mid ; n = 2
     # expected Σw·e = (w(low,high)·1·1 + w(low,mid)·1·1 + w(mid,high)·1·1 + 0)/2 = (4+1+1)/2
     assert pair["weighted"]["quadratic"]["value"] == pytest.approx(1 - 4 / 3)
+
+
+def test_simulated_panel_matches_its_spec() -> None:
+    import numpy as np
+    from sonoaudit_raters.stats import agreement
+    from sonoaudit_raters.stats.simulate import PanelSpec, simulate_panel
+
+    rng = np.random.default_rng(0)
+    t = simulate_panel(PanelSpec(accuracy=0.8, accuracy_drop=0.2), 4000, 3, rng)
+    truth = np.array([["benign", "malignant", "normal"].index(g) for g in t.attrs["ground_truth"]])
+    real = np.array(t.attrs["source"]) == "real"
+    acc = t.codes == truth[:, None]
+    assert acc[real].mean() == pytest.approx(0.8, abs=0.02)
+    assert acc[~real].mean() == pytest.approx(0.6, abs=0.02)
+    correlated = simulate_panel(PanelSpec(accuracy=0.8, accuracy_drop=0.2,
+                                          error_correlation=1.0), 4000, 3, rng)
+    k0 = agreement(t, n_boot=0)["fleiss_kappa"].value
+    k1 = agreement(correlated, n_boot=0)["fleiss_kappa"].value
+    assert k1 > k0 + 0.05
+    with pytest.raises(ValueError, match="class mix"):
+        PanelSpec(class_mix=(0.5, 0.6, 0.1))

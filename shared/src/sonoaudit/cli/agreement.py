@@ -123,6 +123,10 @@ def register(app: typer.Typer) -> None:
                                             help="accuracy lower on synthetic images by this"),
         class_mix: str = typer.Option("0.45,0.45,0.10", "--class-mix",
                                       help="shares of benign, malignant, normal"),
+        error_correlation: float = typer.Option(
+            0.0, "--error-correlation", min=0.0, max=1.0,
+            help="share of wrong answers going to the item's one look-alike class "
+                 "(readers err together: higher agreement at the same accuracy)"),
         simulations: int = typer.Option(20, "--simulations", min=2),
         n_boot: int = typer.Option(500, "--bootstrap", "-B", min=50),
         seed: int = typer.Option(0, "--seed"),
@@ -134,7 +138,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             spec = PanelSpec(accuracy=accuracy, accuracy_drop=accuracy_drop,
-                             class_mix=tuple(float(x) for x in class_mix.split(",")))
+                             class_mix=tuple(float(x) for x in class_mix.split(",")),
+                             error_correlation=error_correlation)
             grid_images = [int(x) for x in images.split(",")]
             grid_readers = [int(x) for x in readers.split(",")]
         except ValueError as exc:

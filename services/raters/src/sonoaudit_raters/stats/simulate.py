@@ -22,8 +22,13 @@ class PanelSpec:
     accuracy: float = 0.8  # on real images
     accuracy_drop: float = 0.1  # how much lower on synthetic images
     class_mix: tuple[float, ...] = (0.45, 0.45, 0.10)
+    # Share of wrong answers that go to the item's one "look-alike" class instead of a random
+    # other class: readers then err together, raising agreement at the same accuracy.
+    error_correlation: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.error_correlation <= 1:
+            raise ValueError("error correlation must be in [0, 1]")
         if len(self.class_mix) != len(CLASSES) or abs(sum(self.class_mix) - 1) > 1e-6:
             raise ValueError(f"class mix must be {len(CLASSES)} shares summing to 1, "
                              f"got {self.class_mix}")
@@ -39,7 +44,10 @@ def simulate_panel(spec: PanelSpec, n_images: int, n_readers: int,
     source = np.array(["real", "synthetic"])[np.arange(n_images) % 2]
     p_right = np.where(source == "real", spec.accuracy, spec.accuracy - spec.accuracy_drop)
     right = rng.random((n_images, n_readers)) < p_right[:, None]
-    wrong = (truth[:, None] + rng.integers(1, q, size=(n_images, n_readers))) % q
+    random_wrong = (truth[:, None] + rng.integers(1, q, size=(n_images, n_readers))) % q
+    decoy = (truth + rng.integers(1, q, size=n_images)) % q
+    shared = rng.random((n_images, n_readers)) < spec.error_correlation
+    wrong = np.where(shared, decoy[:, None], random_wrong)
     codes = np.where(right, truth[:, None], wrong).astype(np.int64)
     return RatingTable([f"sim{i}" for i in range(n_images)],
                        [f"simulated reader {j + 1}" for j in range(n_readers)], list(CLASSES),
@@ -82,9 +90,11 @@ def plan(spec: PanelSpec, images: list[int], readers: list[int], *, simulations:
             "assumptions": (f"reader accuracy {spec.accuracy:.2f} on real, "
                             f"{spec.accuracy - spec.accuracy_drop:.2f} on synthetic images; "
                             f"class mix {dict(zip(CLASSES, spec.class_mix, strict=True))}; "
+                            f"error correlation {spec.error_correlation:.2f}; "
                             f"half real, half synthetic; independent readers; {simulations} "
                             f"simulations per cell, B={n_boot}; accuracy difference = majority "
                             "vote (ties count wrong), real − synthetic"),
             "spec": {"accuracy": spec.accuracy, "accuracy_drop": spec.accuracy_drop,
-                     "class_mix": list(spec.class_mix)},
+                     "class_mix": list(spec.class_mix),
+                     "error_correlation": spec.error_correlation},
             "seed": seed, "rows": rows}
