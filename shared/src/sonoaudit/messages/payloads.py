@@ -33,8 +33,10 @@ class ClassifyRequest(_Payload):
 
 class MetricsRequest(_Payload):
     job_id: str
-    real_ref: str
-    synthetic_ref: str
+    real_ref: str = Field(min_length=1, description="Real set: dataset folder or dataset id.")
+    synthetic_ref: str = Field(
+        min_length=1, description="Synthetic set: generator pairs folder or generation run id.")
+    class_label: str | None = Field(default=None, description="Score only this class.")
 
 
 class JobResult(_Payload):
