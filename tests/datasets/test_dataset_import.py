@@ -164,8 +164,10 @@ def test_postgres_import(postgres_url: str, tmp_path: Path) -> None:
     try:
         root = write_phantom(tmp_path / "ph", n_per_class=5, seed=9137, size=64)
         ds = check_phantom_import(ctx, root, 5)
-        assert import_dataset(ctx, root, val_fraction=0.25, seed=3).id == ds.id
-        assert len(rows_of(ctx, ds.id)) == 10
+        again = import_dataset(ctx, root, val_fraction=0.25, seed=3, size=32)
+        assert again.id == ds.id and again.provenance["preprocess"]["sizes"] == [32]
+        rows = rows_of(ctx, ds.id)
+        assert len(rows) == 10 and all("32" in r.meta["preprocessed"] for r in rows)
 
         before = (count(ctx, Dataset), count(ctx, Image))
         bad = small_busbra(tmp_path / "bad")
