@@ -60,3 +60,18 @@ def test_damaged_workbook(tmp_path: Path) -> None:
     assert len(result.problems) == 1
     assert result.problems[0].path.endswith("DatasetB.xlsx")
     assert "cannot read the workbook" in result.problems[0].problem
+
+
+def test_missing_and_extra_gt_and_size_mismatch(tmp_path: Path) -> None:
+    from dataset_builders import save_mask
+
+    root = make_udiat(tmp_path / "B", {1: "Benign", 2: "Malignant", 3: "Benign"})
+    (root / "GT" / "000001.png").unlink()
+    save_mask(root / "GT" / "000099.png", box_mask(33, 47))
+    save_mask(root / "GT" / "000003.png", box_mask(30, 47), mode="L")
+    found = sorted((Path(p.path).name, p.problem) for p in scan(root).problems)
+    assert found == [
+        ("000001.png", "missing mask for image 000001.png"),
+        ("000003.png", "mask is 47x30 but its image 000003.png is 47x33"),
+        ("000099.png", "extra mask: no listed image has this mask"),
+    ]
