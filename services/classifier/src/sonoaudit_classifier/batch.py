@@ -8,6 +8,7 @@ rejected key) stop the batch before or at its first call, never image by image."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from sonoaudit_classifier.settings import (
     backend_problem,
     require_backend,
 )
-from sonoaudit_classifier.store import FINAL, ResultKey, existing, save_outcome
+from sonoaudit_classifier.store import FINAL, Pending, ResultKey, existing, save_many
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,38 @@ async def aclassify_items(
         # Bounds how many images are held in memory at once.
         gate = asyncio.Semaphore(max(4, 2 * settings.concurrency))
 
+        # One writer batches whatever answers piled up while it was writing: one transaction
+        # per batch instead of one per answer keeps the event loop free for calls.
+        queue: asyncio.Queue[Pending | None] = asyncio.Queue()
+
+        async def writer() -> None:
+            finished = False
+            while not finished:
+                batch: list[Pending] = []
+                item = await queue.get()
+                while True:
+                    if item is None:
+                        finished = True
+                        break
+                    batch.append(item)
+                    if queue.empty() or len(batch) >= 200:
+                        break
+                    item = queue.get_nowait()
+                if not batch:
+                    continue
+                await asyncio.to_thread(save_many, ctx.sessions, batch)
+                for p in batch:
+                    state["failed" if p.outcome.status == "error" else "done"] += 1
+                bar.update(len(batch))
+                if on_progress is not None:
+                    await on_progress(state["done"], state["failed"], total)
+
+        writer_task = asyncio.create_task(writer())
+
         async def one(group: list[tuple[Item, ResultKey]]) -> None:
             async with gate:
+                if writer_task.done():  # the store failed: stop asking
+                    return
                 item = group[0][0]
                 try:
                     data, mask = await asyncio.to_thread(item.load)
@@ -160,29 +191,26 @@ async def aclassify_items(
                     outcomes = [Outcome("error", reason=f"bad input {item.name}: {exc}")
                                 for _ in group]
                 for (it, key), outcome in zip(group, outcomes, strict=True):
-                    await asyncio.to_thread(
-                        save_outcome, ctx.sessions, key, outcome, prompt_hash=prompt.hash,
-                        image_id=it.image_id, source_name=it.name, job_id=job_id,
-                        request_settings={**settings_record, "seed": outcome.seed,
-                                          "replicate": key.replicate})
-                    state["failed" if outcome.status == "error" else "done"] += 1
-                    bar.update(1)
-                    if on_progress is not None:
-                        await on_progress(state["done"], state["failed"], total)
+                    queue.put_nowait(Pending(
+                        key, outcome, prompt.hash, it.image_id, it.name, job_id,
+                        {**settings_record, "seed": outcome.seed, "replicate": key.replicate}))
 
         tasks = [asyncio.create_task(one(g)) for g in todo.values()]
         try:
             await asyncio.gather(*tasks)
-        except CallError as exc:  # fatal for every call: stop the batch, keep what is stored
+        except BaseException as exc:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            raise BackendFailed(f"{clf.name} backend rejected the request: {exc}") from exc
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            queue.put_nowait(None)  # answers already received are still written
+            with contextlib.suppress(Exception):
+                await writer_task
+            if isinstance(exc, CallError):  # fatal for every call: stop, keep what is stored
+                raise BackendFailed(f"{clf.name} backend rejected the request: {exc}") from exc
             raise
+        else:
+            queue.put_nowait(None)
+            await writer_task
         finally:
             bar.close()
         after = existing(ctx.sessions, [k for _, k in pairs])
