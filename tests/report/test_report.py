@@ -194,3 +194,25 @@ def test_unread_phantom_study_says_what_was_not_run(ctx: AppContext,
     assert "PHANTOM data" in rep.html
     assert "no reader has answered the class question yet" in rep.html
     assert "image_grid" in rep.figures
+
+
+@pytest.mark.integration
+def test_report_command_writes_all_files(ctx: AppContext, built: BuiltStudy, postgres_url: str,
+                                         tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sonoaudit.cli.main import app
+
+    env = {"SONOAUDIT_DATABASE_URL": postgres_url, "SONOAUDIT_HOME": str(tmp_path),
+           "SONOAUDIT_STORE_DIR": str(ctx.settings.resolved_store_dir)}
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["report", built.study_id, "--out", str(out), "-B", "50"],
+                             env=env)
+    assert res.exit_code == 0, res.output
+    for name in ("report.html", "report.json", "report.csv", "figures/image_grid.png",
+                 "figures/confusion_majority.png"):
+        assert (out / name).stat().st_size > 0, name
+    data = json.loads((out / "report.json").read_text())
+    assert data["provenance"]["n_boot"] == 50 and data["provenance"]["study_id"] == built.study_id
+    missing = CliRunner().invoke(app, ["report", "no-such-study", "--out", str(out)], env=env)
+    assert missing.exit_code == 2 and "not found" in missing.output
