@@ -199,9 +199,8 @@ def test_unread_phantom_study_says_what_was_not_run(ctx: AppContext,
 @pytest.mark.integration
 def test_report_command_writes_all_files(ctx: AppContext, built: BuiltStudy, postgres_url: str,
                                          tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
     from sonoaudit.cli.main import app
+    from typer.testing import CliRunner
 
     env = {"SONOAUDIT_DATABASE_URL": postgres_url, "SONOAUDIT_HOME": str(tmp_path),
            "SONOAUDIT_STORE_DIR": str(ctx.settings.resolved_store_dir)}
