@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from gen_helpers import toy_lesions
 from sonoaudit.context import AppContext, build_context
-from sonoaudit.db.models import Model
-from sonoaudit.db.session import session_scope
 from sonoaudit.settings import Settings
 from sonoaudit_generator.config import profile
-from sonoaudit_generator.training import to_training_tensor, train_loop
-
-
-def toy_lesions(n: int = 6, size: int = 16, seed: int = 0) -> torch.Tensor:
-    """Dark discs on a bright background with their masks."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    imgs, masks = [], []
-    for _ in range(n):
-        cy, cx, r = rng.integers(4, size - 4), rng.integers(4, size - 4), rng.integers(2, 5)
-        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        imgs.append((np.where(m, 40, 180) + rng.integers(0, 20, (size, size))).astype(np.uint8))
-        masks.append(m)
-    return to_training_tensor(np.stack(imgs), np.stack(masks))
+from sonoaudit_generator.training import train_loop
 
 
 @pytest.fixture(scope="session")
@@ -38,18 +24,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return res.checkpoint
 
 
-def register_model(ctx: AppContext, checkpoint: Path, class_label: str = "benign") -> str:
-    with session_scope(ctx.sessions) as s:
-        m = Model(name=f"tiny-{class_label}", class_label=class_label, backbone="rsu_unet",
-                  config=profile("tiny").model_dump(mode="json"),
-                  checkpoint_path=str(checkpoint))
-        s.add(m)
-        s.flush()
-        return m.id
-
-
 @pytest.fixture
-def sqlite_ctx(tmp_path: Path, sqlite_url: str) -> AppContext:
+def sqlite_ctx(tmp_path: Path, sqlite_url: str) -> Iterator[AppContext]:
     ctx = build_context(Settings(home=tmp_path / "home", database_url=sqlite_url))
-    yield ctx  # type: ignore[misc]
+    yield ctx
     ctx.close()

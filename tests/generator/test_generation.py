@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import register_model
+from gen_helpers import register_model
 from PIL import Image as PILImage
 from sonoaudit.context import AppContext
 from sonoaudit.db.models import GenerationRun, Image, Job
