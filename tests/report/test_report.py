@@ -185,7 +185,11 @@ def test_unread_phantom_study_says_what_was_not_run(ctx: AppContext,
     from sonoaudit_raters.report.render import build_report
 
     study_id = build_empty_phantom_study(ctx, busbra_sample)
-    rep = build_report(ctx, study_id, n_boot=50)
+    rep = build_report(ctx, study_id, n_boot=50, not_run=[
+        {"section": "LLM classification", "why": "no LLM backend configured"}])
+    assert rep.json["not_run"][0] == {"section": "LLM classification",
+                                      "why": "no LLM backend configured"}
+    assert "no LLM backend configured" in rep.html
     sections = {x["section"] for x in rep.json["not_run"]}
     assert {"reader agreement and accuracy", "confidence agreement and histograms",
             "LLM accuracy and reader-vs-LLM agreement", "does the LLM match you",

@@ -132,8 +132,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """SIMULATED reader panels: expected 95 % CI width of kappa/alpha and of the real −
-        synthetic accuracy difference, by number of images and readers."""
+        """SIMULATED reader panels: expected 95 % CI widths by number of images and readers.
+
+        Kappa/alpha and the real − synthetic accuracy difference, so a team can size its study."""
         from sonoaudit_raters.stats.simulate import PanelSpec, plan
 
         try:

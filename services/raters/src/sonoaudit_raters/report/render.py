@@ -201,10 +201,16 @@ def metric_rows(data: StudyData) -> list[dict[str, Any]]:
 
 
 def build_report(ctx: AppContext, study_id: str, *, n_boot: int = 2000, seed: int = 0,
-                 tie_policy: str = "wrong", positive: str = "malignant") -> Report:
+                 tie_policy: str = "wrong", positive: str = "malignant",
+                 not_run: list[dict[str, str]] | None = None) -> Report:
+    """``not_run``: ``{"section", "why"}`` entries from the caller (e.g. the pipeline: "no LLM
+    backend configured"), shown first in the report's "not run" section."""
     data = load_study(ctx, study_id)
     analysis = analyse_study(data, n_boot=n_boot, seed=seed, positive=positive,
                              tie_policy=tie_policy)  # type: ignore[arg-type]
+    if not_run:
+        analysis["not_run"][:0] = [{"section": str(x["section"]), "why": str(x["why"])}
+                                   for x in not_run]
     flags = []
     if data.simulated:
         flags.append("SIMULATED reader panel")
