@@ -12,10 +12,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
+from sqlalchemy import select
 
 from sonoaudit.bus import Bus
 from sonoaudit.context import AppContext, build_context
-from sonoaudit.db.session import ping
+from sonoaudit.db.models import DeadLetter
+from sonoaudit.db.session import ping, session_scope
+from sonoaudit.messages.payloads import DeadLetterNotice
 from sonoaudit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,12 +71,35 @@ class ServiceRuntime:
             try:
                 await bus.connect(attempts=1)
                 await bus.declare()
+                bus.dead_letter_sink = self._store_dead_letter
                 self.bus = bus
                 return
             except Exception as exc:
                 log.warning("%s: NATS not ready: %s", self.name, exc)
                 await bus.close()
                 await asyncio.sleep(1.0)
+
+    async def _store_dead_letter(self, notice: DeadLetterNotice) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            return
+
+        def write() -> None:
+            with session_scope(ctx.sessions) as s:
+                s.add(DeadLetter(subject=notice.subject, message_id=notice.message_id,
+                                 deliveries=notice.deliveries, error=notice.error,
+                                 data=notice.data))
+
+        await asyncio.to_thread(write)
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        ctx = self.require()
+        with ctx.sessions() as s:
+            rows = s.scalars(select(DeadLetter).order_by(DeadLetter.created_at.desc())
+                             .limit(limit)).all()
+            return [{"id": r.id, "subject": r.subject, "message_id": r.message_id,
+                     "deliveries": r.deliveries, "error": r.error, "data": r.data,
+                     "created_at": r.created_at.isoformat()} for r in rows]
 
     async def _start(self) -> None:
         await self._connect_db()
@@ -86,7 +112,8 @@ class ServiceRuntime:
             self._tasks.append(asyncio.create_task(worker(self, self.stop)))
 
     async def ready(self) -> dict[str, bool]:
-        checks = {"database": self.ctx is not None and await asyncio.to_thread(ping, self.ctx.engine)}
+        ctx = self.ctx
+        checks = {"database": ctx is not None and await asyncio.to_thread(ping, ctx.engine)}
         if self.uses_bus:
             checks["nats"] = self.bus is not None and self.bus.connected
         return checks

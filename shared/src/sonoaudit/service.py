@@ -3,6 +3,7 @@ structured JSON logs. Each service builds its app with :func:`base_app` inside i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -11,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -102,6 +103,14 @@ def base_app(name: str, lifespan: Any, ready: ReadyCheck, **kwargs: Any) -> Fast
         checks = await ready()
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/dead-letters", tags=["ops"], responses={503: {"description": "not ready"}})
+    async def dead_letters(request: Request, limit: int = Query(100, ge=1, le=1000)) -> Any:
+        """Messages given up on (poison, or past max_deliver), newest first."""
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is None:
+            return []
+        return await asyncio.to_thread(runtime.dead_letters, limit)
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:

@@ -86,6 +86,8 @@ class Bus:
         self.name = name
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        # Called for every dead letter, whoever consumes (the runtime stores them in the DB).
+        self.dead_letter_sink: Callable[[DeadLetterNotice], Awaitable[None]] | None = None
 
     # -- connection -------------------------------------------------------------------------
     async def connect(self, attempts: int = 30, wait_s: float = 1.0) -> None:
@@ -103,7 +105,7 @@ class Bus:
                 )
                 self._js = self._nc.jetstream()
                 return
-            except (NoServersError, OSError, NatsTimeout, asyncio.TimeoutError) as exc:
+            except (TimeoutError, NoServersError, OSError, NatsTimeout) as exc:
                 last = exc
                 log.warning("NATS %s not reachable (attempt %d/%d)", self.url, attempt, attempts)
                 await asyncio.sleep(wait_s)
@@ -220,12 +222,17 @@ class Bus:
     ) -> None:
         log.error("dead-lettering message on %s: %s", subject, error)
         await self.dead_letter(subject, msg, error)
-        if on_dead_letter is not None:
-            await on_dead_letter(DeadLetterNotice(
-                subject=subject, message_id=(msg.headers or {}).get("Nats-Msg-Id"),
-                deliveries=msg.metadata.num_delivered, error=error,
-                data=msg.data.decode("utf-8", errors="replace"),
-            ))
+        notice = DeadLetterNotice(
+            subject=subject, message_id=(msg.headers or {}).get("Nats-Msg-Id"),
+            deliveries=msg.metadata.num_delivered, error=error,
+            data=msg.data.decode("utf-8", errors="replace"),
+        )
+        for sink in (self.dead_letter_sink, on_dead_letter):
+            if sink is not None:
+                try:
+                    await sink(notice)
+                except Exception:  # the DLQ stream already holds it; never block the term
+                    log.exception("dead-letter callback failed for %s", subject)
         await msg.term()
 
     async def consume(
@@ -246,7 +253,7 @@ class Bus:
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
-                except (NatsTimeout, asyncio.TimeoutError):
+                except (TimeoutError, NatsTimeout):
                     continue
                 except NotFoundError:
                     await asyncio.sleep(fetch_timeout_s)
