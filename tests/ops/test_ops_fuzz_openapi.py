@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 EXAMPLES = int(os.environ.get("SONOAUDIT_FUZZ_EXAMPLES", "8"))
 MIN_EXAMPLES = 3
-CALL_BUDGET = 400
+CALL_BUDGET = 200
 LLM_KEYS = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY")
 
 
