@@ -22,6 +22,7 @@ command -v "$KUBECTL" >/dev/null 2>&1 || {
 for overlay in deploy/k8s/overlays/*/; do
   echo "kustomize + kubernetes-validate ${overlay%/} (Kubernetes $K8S_VERSION)"
   rendered="$(mktemp)"
+  trap 'rm -f "$rendered"' EXIT
   # kustomize v5 prints deprecation warnings for the v2 dialect we keep on purpose (stderr).
   "$KUBECTL" kustomize "$overlay" >"$rendered" 2> >(grep -v "^# Warning: '.*' is deprecated" >&2)
   "$BIN/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$rendered"
