@@ -28,8 +28,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import create_engine, func, select, text
-
 from sonoaudit.bus import Bus
 from sonoaudit.context import build_context
 from sonoaudit.db.models import Image, Job, LLMClassification
@@ -39,6 +37,7 @@ from sonoaudit.settings import Settings
 from sonoaudit_classifier.jobs import consume_jobs, create_job, publish_job
 from sonoaudit_classifier.pool import ClassifierPool
 from sonoaudit_classifier.settings import ClassifierSettings
+from sqlalchemy import create_engine, func, select, text
 
 PG_ADMIN = os.environ.get("SONOAUDIT_TEST_POSTGRES_ADMIN_URL",
                           "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -172,8 +171,12 @@ def main() -> None:
             ids = [o.id for o in objs]
         ctx.close()
 
+        c0 = time.process_time()
         peer_s = asyncio.run(bare_sdk(url, images, conc))
+        c1 = time.process_time()
         job_s = asyncio.run(job_run(settings, csettings, ids))
+        c2 = time.process_time()
+        peer_cpu_ms, job_cpu_ms = (c1 - c0) / n * 1000, (c2 - c1) / n * 1000
         ideal_rate = conc / lat
         job_rate, peer_rate = n / job_s, n / peer_s
         lats = job_run.latencies  # type: ignore[attr-defined]
@@ -188,6 +191,10 @@ def main() -> None:
         print(f"  overhead per call (job): {overhead_ms:6.1f} ms per call slot beyond the "
               f"server latency; HTTP call median {statistics.median(lats):.1f} ms "
               f"(server {lat * 1000:.0f} ms)")
+        print(f"  CPU per call in this process: job {job_cpu_ms:.2f} ms, bare SDK "
+              f"{peer_cpu_ms:.2f} ms -> one free core sustains {1000 / job_cpu_ms:.0f} calls/s "
+              f"through the job (ideal needs {ideal_rate:.0f}); load average now "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     finally:
         fake.terminate()
         nats_proc.terminate()
