@@ -188,10 +188,19 @@ class LiveServer:
         self.thread.join(15)
 
 
+CREATOR_TOKEN = "test-creator-token-0123456789"
+
+
 @pytest.fixture
-def live(store: Store) -> Iterator[LiveServer]:
+def live(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveServer]:
+    monkeypatch.setenv("SONOAUDIT_STUDY_CREATOR_TOKEN", CREATOR_TOKEN)
     with LiveServer(store.settings) as server:
         yield server
+
+
+@pytest.fixture
+def creator_token() -> str:
+    return CREATOR_TOKEN
 
 
 @pytest.fixture(scope="session")
@@ -218,6 +227,7 @@ def add_llm() -> Any:
 
 
 @pytest.fixture
-def serve() -> type[LiveServer]:
+def serve(monkeypatch: pytest.MonkeyPatch) -> type[LiveServer]:
+    monkeypatch.setenv("SONOAUDIT_STUDY_CREATOR_TOKEN", CREATOR_TOKEN)
     """``with serve(settings) as server:`` runs the raters app against any store."""
     return LiveServer

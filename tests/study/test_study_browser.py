@@ -147,16 +147,24 @@ def test_keyboard_resume_llm_reveal_and_blinding(store: Any, live: Any, add_llm:
 
 
 def _done_when(st: Any, server_url: str, browser: Any, add_llm: Any, artifacts: Path,
-               tag: str) -> None:
+               tag: str, creator: str) -> None:
     real, synth = st.real_ids(10), st.synthetic_ids(10)
     assert len(real) == 20 and len(synth) == 20
-    study, admin = create_study(st.ctx, f"Done-when {tag}", real, synth, seed=42)
     add_llm(st.ctx, real[:2] + synth[:2])
+    # the admin creates the study over HTTP, then invites three readers
+    with httpx.Client(base_url=server_url) as c:
+        r = c.post("/study/admin/studies", json={
+            "name": f"Done-when {tag}", "real_image_ids": real, "synthetic_image_ids": synth,
+            "seed": 42}, headers={"Authorization": f"Bearer {creator}"})
+        assert r.status_code == 201, r.text
+        created = r.json()
+    admin = created["admin_token"]
+    study_id = created["study_id"]
     tokens = {}
     with httpx.Client(base_url=server_url,
                       headers={"Authorization": f"Bearer {admin}"}) as c:
         for name in ("Radiologist A", "Radiologist B", "Radiologist C"):
-            r = c.post(f"/study/admin/{study.id}/readers", json={"name": name})
+            r = c.post(f"/study/admin/{study_id}/readers", json={"name": name})
             assert r.status_code == 201
             tokens[name] = r.json()["link"]
     typed: dict[tuple[str, str], tuple[str, str]] = {}
@@ -175,14 +183,14 @@ def _done_when(st: Any, server_url: str, browser: Any, add_llm: Any, artifacts: 
             page.screenshot(path=str(artifacts / f"done-{tag}.png"))
         bctx.close()
     with httpx.Client(base_url=server_url, headers={"Authorization": f"Bearer {admin}"}) as c:
-        text = c.get(f"/study/admin/{study.id}/export.csv").text
-        prog = c.get(f"/study/admin/{study.id}/progress.json").json()
+        text = c.get(f"/study/admin/{study_id}/export.csv").text
+        prog = c.get(f"/study/admin/{study_id}/progress.json").json()
     assert [(p["done"], p["total"]) for p in prog] == [(40, 40)] * 3
     rows = list(csv.DictReader(io.StringIO(text)))
     with st.ctx.sessions() as s:
         images = {i.id: i for i in s.scalars(select(Image).where(Image.id.in_(real + synth)))}
         items = {i.item_key: i for i in s.scalars(select(StudyItem)
-                                                  .where(StudyItem.study_id == study.id))}
+                                                  .where(StudyItem.study_id == study_id))}
     by_q: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         by_q.setdefault(row["question"], []).append(row)
@@ -191,7 +199,7 @@ def _done_when(st: Any, server_url: str, browser: Any, add_llm: Any, artifacts: 
     assert {(r["reader"], r["item"]) for r in by_q["class"]} == set(typed)
     for row in by_q["class"] + by_q["confidence"]:
         img = images[items[row["item"]].image_id]
-        assert row["study"] == study.id
+        assert row["study"] == study_id
         assert row["source"] == img.source  # hidden columns come from the store, not the page
         assert row["ground_truth"] == img.class_label
         want = typed[(row["reader"], row["item"])]
@@ -201,15 +209,16 @@ def _done_when(st: Any, server_url: str, browser: Any, add_llm: Any, artifacts: 
 
 
 def test_done_when_three_readers_complete_40_items(store: Any, live: Any, add_llm: Any,
-                                                   browser: Any, artifacts: Path) -> None:
-    _done_when(store, live.url, browser, add_llm, artifacts, "sqlite")
+                                                   browser: Any, artifacts: Path,
+                                                   creator_token: str) -> None:
+    _done_when(store, live.url, browser, add_llm, artifacts, "sqlite", creator_token)
 
 
 @pytest.mark.integration
 def test_done_when_on_postgres(pg_store: Any, add_llm: Any, browser: Any, artifacts: Path,
-                               serve: Any) -> None:
+                               serve: Any, creator_token: str) -> None:
     with serve(pg_store.settings) as server:
-        _done_when(pg_store, server.url, browser, add_llm, artifacts, "postgres")
+        _done_when(pg_store, server.url, browser, add_llm, artifacts, "postgres", creator_token)
 
 
 def test_admin_pages_in_browser(store: Any, live: Any, browser: Any, artifacts: Path) -> None:

@@ -104,11 +104,13 @@ def test_bad_answers_are_422_and_double_submit_is_one_event(store: Any, live: An
         assert {a["question"] for a in mine} == {"class", "confidence"}
         page1 = c.get(f"/study/r/{t1}/item/1").text
         page2 = c.get(f"/study/r/{t2}/item/1").text
-        radio_checked = re.compile(r'name="(class|confidence)" value="[^"]+"\s+checked')
+        # shown as a checked radio, or as a locked answer when the item has an LLM step
+        radio_checked = re.compile(
+            r'name="(class|confidence)" value="[^"]+"\s+checked|class="locked-class">benign')
         assert radio_checked.search(page1)  # the check below would catch a leak
         assert not radio_checked.search(page2)
         # LLM answer: 409 before the reader's own lock, visible after
-        llm_key = next(i.item_key for i in view.items if i.has_llm)
+        llm_key = next(i.item_key for i in view.items[1:] if i.has_llm)  # items[0] is locked
         assert c.get(f"/study/r/{t1}/api/llm/{llm_key}").status_code == 409
         assert post({"class": "malignant", "confidence": "60"}, "cid-lock-llm",
                     item=llm_key).status_code == 200
@@ -165,3 +167,38 @@ def test_http_import(store: Any, live: Any, add_llm: Any, tmp_path: Any) -> None
     assert csv_text.splitlines()[0].startswith(
         "study,item,reader,question,answer,time,source,ground_truth")
     assert len(export_answers(store.ctx, sid)) == 8
+
+
+def test_http_study_creation(store: Any, live: Any, creator_token: str) -> None:
+    body = {"name": "via http", "dataset_id": store.dataset_id,
+            "generation_run_ids": list(store.runs.values()),
+            "per_class": {"benign": 2, "malignant": 2}, "n_repeats": 1, "seed": 4,
+            "readers": ["A", "B"]}
+    with httpx.Client(base_url=live.url) as c:
+        assert c.post("/study/admin/studies", json=body).status_code == 403
+        sid, admin, t1, _ = "", "", "", ""
+        r = c.post("/study/admin/studies", json=body,
+                   headers={"Authorization": f"Bearer {creator_token}"})
+        assert r.status_code == 201, r.text
+        out = r.json()
+        assert (out["n_real"], out["n_synthetic"]) == (4, 4) and set(out["reader_links"]) == {
+            "A", "B"}
+        sid, admin = out["study_id"], out["admin_token"]
+        t1 = out["reader_links"]["A"].rsplit("/", 1)[1]
+        # neither a study admin token nor a reader token may create studies
+        for tok in (admin, t1):
+            assert c.post("/study/admin/studies", json=body,
+                          headers={"Authorization": f"Bearer {tok}"}).status_code == 403
+        auth = {"Authorization": f"Bearer {creator_token}"}
+        empty = c.post("/study/admin/studies", json={"name": "empty"}, headers=auth)
+        assert empty.status_code == 422 and "has no images" in empty.json()["detail"]
+        bad_cfg = c.post("/study/admin/studies", headers=auth, json={
+            "name": "bad", "real_image_ids": store.real_ids(1),
+            "config": {"questions": [{"key": "q", "kind": "scale", "stage": "read",
+                                      "prompt": "?", "min": 0, "max": 10, "step": 3}]}})
+        assert bad_cfg.status_code == 422 and "divisible" in bad_cfg.text
+        assert c.post("/study/admin/studies", headers=auth,
+                      json={"name": "x", "colour": "red"}).status_code == 422
+        prog = c.get(f"/study/admin/{sid}/progress.json",
+                     headers={"Authorization": f"Bearer {admin}"}).json()
+        assert [p["total"] for p in prog] == [9, 9]

@@ -4,6 +4,7 @@ module maps HTTP to it and errors to 4xx pages."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import tempfile
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sonoaudit.context import AppContext
 from sonoaudit.db.models import Image
 from sonoaudit.runtime import ServiceRuntime
@@ -23,6 +24,7 @@ from sonoaudit_raters.study import export, reading, setup
 from sonoaudit_raters.study.errors import AccessDenied, StudyError
 from sonoaudit_raters.study.images import render_image, render_mask_outline
 from sonoaudit_raters.study.reading import ReaderView
+from sonoaudit_raters.study.settings import StudySettings
 from sonoaudit_raters.study.tokens import new_item_key
 
 HERE = Path(__file__).parent
@@ -50,9 +52,27 @@ class ReaderIn(BaseModel):
     name: str
 
 
+class StudyIn(BaseModel):
+    """A study over HTTP: explicit image ids, or a dataset / generation runs with sizes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    real_image_ids: list[str] = Field(default_factory=list)
+    synthetic_image_ids: list[str] = Field(default_factory=list)
+    dataset_id: str | None = None
+    generation_run_ids: list[str] = Field(default_factory=list)
+    per_class: dict[str, int] | None = None
+    n_repeats: int = Field(default=0, ge=0)
+    seed: int = 0
+    config: dict[str, Any] | None = None
+    readers: list[str] = Field(default_factory=list)
+
+
 def build_router(runtime: ServiceRuntime) -> APIRouter:
     router = APIRouter(prefix="/study", tags=["study"])
     env = _env()
+    creator = StudySettings().creator_token
 
     def ctx() -> AppContext:
         return runtime.require()
@@ -266,6 +286,45 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
 
     def admin_denied(study_id: str, exc: StudyError) -> HTMLResponse:
         return page("admin_login.html", 403, study_id=study_id, message=exc.message)
+
+    @router.post("/admin/studies", status_code=201)
+    async def admin_create_study(request: Request) -> Response:
+        """Create a study (needs ``SONOAUDIT_STUDY_CREATOR_TOKEN`` as bearer); returns the new
+        study's admin token once, plus invitation links for ``readers``."""
+        given = admin_token(request, "")
+        if creator is None or not given or not hmac.compare_digest(
+                given.encode(), creator.get_secret_value().encode()):
+            return json_error(AccessDenied(
+                "creating studies over HTTP needs the creator token (SONOAUDIT_STUDY_CREATOR_TOKEN"
+                "); or use `sonoaudit study create`"))
+        try:
+            body = StudyIn.model_validate(await request.json())
+        except (ValidationError, ValueError) as exc:
+            return JSONResponse({"detail": f"body: {exc}"}, status_code=422)
+
+        def create() -> dict[str, Any]:
+            c = ctx()
+            real, synth = list(body.real_image_ids), list(body.synthetic_image_ids)
+            if body.dataset_id or body.generation_run_ids:
+                r2, s2 = setup.select_images(c, dataset_id=body.dataset_id,
+                                             generation_run_ids=body.generation_run_ids,
+                                             per_class=body.per_class, seed=body.seed)
+                real, synth = real + r2, synth + s2
+            study, admin = setup.create_study(c, body.name, real, synth, config=body.config,
+                                              n_repeats=body.n_repeats, seed=body.seed)
+            base = str(request.base_url)
+            links = {n: setup.reader_link(base, setup.add_reader(c, study.id, n))
+                     for n in body.readers}
+            return {"study_id": study.id, "admin_token": admin, "n_real": len(real),
+                    "n_synthetic": len(synth), "reader_links": links,
+                    "admin_url": f"{base.rstrip('/')}/study/admin/{study.id}"}
+
+        try:
+            return JSONResponse(await call(create), status_code=201)
+        except StudyError as exc:
+            return json_error(exc)
+        except ValidationError as exc:  # a bad study config
+            return JSONResponse({"detail": f"config: {exc}", "field": "config"}, status_code=422)
 
     @router.post("/admin/{study_id}/login", response_class=HTMLResponse)
     async def admin_login(study_id: str, request: Request) -> Response:
