@@ -54,8 +54,10 @@ def forest(strata: dict[str, dict[str, Any]], title: str, banner: str | None,
                 ax.text(0, yy, "undefined", va="center", fontsize=7, color="grey")
                 continue
             ci = e.get("ci95") or [e["value"], e["value"]]
-            ax.errorbar(e["value"], yy, xerr=[[e["value"] - ci[0]], [ci[1] - e["value"]]],
-                        fmt="o", color="C0", capsize=3)
+            # A percentile bootstrap CI need not contain the point estimate (small n, skewed
+            # statistics), so draw the interval itself rather than offsets from the point.
+            ax.hlines(yy, ci[0], ci[1], color="C0")
+            ax.plot([e["value"]], [yy], "o", color="C0")
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlim(-1.05, 1.05)
         ax.set_title(name, fontsize=9)
@@ -77,9 +79,10 @@ def accuracy_bars(rows: list[tuple[str, dict[str, Any], dict[str, Any] | None]],
             v = e.get("value") if e else None
             ci = (e or {}).get("ci95") or [v, v]
             vals.append(np.nan if v is None else v)
-            lo.append(0 if v is None else v - ci[0])
-            hi.append(0 if v is None else ci[1] - v)
-        ax.bar(x + off, vals, 0.4, yerr=[lo, hi], capsize=3, label=name, color=color)
+            lo.append(np.nan if v is None else ci[0])
+            hi.append(np.nan if v is None else ci[1])
+        ax.bar(x + off, vals, 0.4, label=name, color=color)
+        ax.vlines(x + off, lo, hi, color="black", lw=1)  # 95 % CI (need not contain the bar)
     ax.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy vs ground truth")
