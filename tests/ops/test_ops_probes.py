@@ -8,6 +8,10 @@ again, readiness drops back to 503.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,3 +103,53 @@ def test_readiness_follows_nats(
             wait_until(lambda p=p: readyz(p)[0] == 200, 60, f"{p.service} ready after reconnect")
     finally:
         nats.stop()
+
+
+class BlackHole:
+    """Accepts TCP connections on a port and never answers: a half-dead database host."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.conns.append(self.sock.accept()[0])
+
+    def close(self) -> None:
+        # shutdown() wakes the thread blocked in accept(); close() alone leaves the port bound.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_readiness_is_bounded_when_postgres_hangs_then_recovers(
+    migrated_postgres: str, start_services: StartServices, tmp_path: Path
+) -> None:
+    """A host that accepts TCP but never answers must not hang /readyz or the start-up retry
+    loop (libpq would wait forever without a connect timeout)."""
+    port = free_port()
+    host, name = migrated_postgres.rsplit("/", 1)
+    hole = BlackHole(port)
+    proxy = TcpProxy(port, _port_of(host + "/"))
+    try:
+        (proc,) = [p for p in start_services(service_env(
+            tmp_path, database_url=f"{host.rsplit(':', 1)[0]}:{port}/{name}")) if
+            p.service == "raters"]
+        for _ in range(3):
+            started = time.monotonic()
+            assert readyz(proc)[0] == 503
+            assert time.monotonic() - started < 9  # one 5 s connect timeout at most
+        hole.close()  # the host comes back: the retry loop must not be stuck in the old attempt
+        proxy.start()
+        wait_until(lambda: readyz(proc)[0] == 200, 60, "ready after Postgres recovered")
+    finally:
+        hole.close()
+        proxy.close()

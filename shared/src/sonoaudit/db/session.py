@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
+POSTGRES_CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout: whole seconds
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
@@ -32,7 +34,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # libpq waits forever for a server that accepts TCP but never answers (a half-dead host or
+    # a partition): readiness probes and the start-up retry loop would hang and pile up
+    # threads. Bound the connection attempt so they fail and retry instead.
+    connect_args = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
