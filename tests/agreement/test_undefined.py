@@ -96,3 +96,10 @@ def test_bootstrap_is_seeded_and_contains_estimate() -> None:
 def test_bad_input_names_the_problem(rows: list, kwargs: dict, message: str) -> None:
     with pytest.raises(RatingTableError, match=message):
         from_long(rows, **kwargs)
+
+
+def test_row_order_does_not_change_the_cis() -> None:
+    rows = rows_of({"a": list("xxyyzxyzxy"), "b": list("xyyyzxyzxx"), "c": list("xxyzzxyzyy")})
+    r1 = public(agreement(from_long(rows), n_boot=200, seed=2))
+    r2 = public(agreement(from_long(rows[::-1]), n_boot=200, seed=2))
+    assert r1 == r2

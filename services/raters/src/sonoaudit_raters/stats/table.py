@@ -198,8 +198,10 @@ def from_long(
         except ValueError:
             categories = observed
     index = {c: k for k, c in enumerate(categories)}
-    items = list(dict.fromkeys(t[0] for t in triples))
-    raters = list(dict.fromkeys(t[1] for t in triples))
+    # Sorted, not first-seen: the same ratings in any row order give the same bootstrap draws,
+    # hence the same CIs (the CLI on an export and the service agree whatever the sorting).
+    items = sorted({t[0] for t in triples})
+    raters = sorted({t[1] for t in triples})
     ii = {x: k for k, x in enumerate(items)}
     rr = {x: k for k, x in enumerate(raters)}
     codes = np.full((len(items), len(raters)), MISSING, dtype=np.int64)
