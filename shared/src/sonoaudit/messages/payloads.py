@@ -39,6 +39,17 @@ class MetricsRequest(_Payload):
     class_label: str | None = Field(default=None, description="Score only this class.")
 
 
+class TrainRequest(_Payload):
+    """Train one per-class model on an imported dataset (the generator's train worker)."""
+
+    job_id: str
+    dataset_id: str = Field(min_length=1, description="Id of an imported dataset.")
+    class_label: str = Field(min_length=1, description="Class whose images train the model.")
+    profile: str = Field(default="quick", description="Training preset: quick | paper | tiny.")
+    seed: int = 0
+    steps: int | None = Field(default=None, ge=1, description="None = the profile's steps.")
+
+
 class JobResult(_Payload):
     job_id: str
     status: Literal["done", "failed"]

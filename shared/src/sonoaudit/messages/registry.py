@@ -12,6 +12,7 @@ from sonoaudit.messages.payloads import (
     GenerateRequest,
     JobResult,
     MetricsRequest,
+    TrainRequest,
 )
 
 PREFIX = "sonoaudit"
@@ -46,6 +47,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
                 description="Classify a set of images with an LLM backend."),
     MessageSpec("metrics.request", subject("metrics", "request"), MetricsRequest,
                 description="Score a synthetic set against a real set."),
+    MessageSpec("train.request", subject("train", "request"), TrainRequest,
+                description="Train one per-class model on an imported dataset."),
     MessageSpec("job.result", subject("jobs", "result"), JobResult,
                 description="A job finished (done or failed)."),
     MessageSpec("dlq.notice", subject("dlq", "<capability>"), DeadLetterNotice,
@@ -59,6 +62,8 @@ STREAMS: tuple[StreamSpec, ...] = (
                "classification jobs"),
     StreamSpec("METRICS", (subject("metrics", "request"),), "workqueue", "metrics",
                "metric jobs"),
+    StreamSpec("TRAIN", (subject("train", "request"),), "workqueue", "generator",
+               "training jobs"),
     StreamSpec("RESULTS", (subject("jobs", "result"),), "limits", None, "job outcomes"),
     StreamSpec("DLQ", (f"{PREFIX}.dlq.>",), "limits", None, "dead letters"),
 )
