@@ -28,7 +28,7 @@ from sonoaudit_classifier.conditions import BadImage, image_mime
 from sonoaudit_classifier.engine import Classifier
 from sonoaudit_classifier.jobs import create_job, job_view, publish_job, run_job
 from sonoaudit_classifier.pool import ClassifierPool
-from sonoaudit_classifier.prompts import CONDITIONS
+from sonoaudit_classifier.prompts import CONDITIONS, PromptChanged, UnknownPrompt, load_prompt
 from sonoaudit_classifier.settings import BackendNotConfigured, ClassifierSettings, UnknownBackend
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class BatchBody(BaseModel):
     backend: str | None = None
     condition: ConditionName = "image"
     replicates: int = Field(default=1, ge=1, le=MAX_REPLICATES)
+    prompt_version: str | None = Field(default=None, description="Default: the configured one.")
 
 
 class BatchAccepted(BaseModel):
@@ -97,6 +98,16 @@ async def _classifier(pool: ClassifierPool, backend: str | None) -> Classifier:
         raise HTTPException(503, detail=f"LLM backend not configured: {exc}") from exc
 
 
+def _check_prompt(settings: ClassifierSettings, version: str | None, condition: str) -> str:
+    """The prompt version to use; 422 when it does not exist (before anything is queued)."""
+    name = version or settings.prompt_version
+    try:
+        load_prompt(name, condition, settings.prompt_dir)
+    except UnknownPrompt as exc:
+        raise HTTPException(422, detail=f"prompt_version: {exc}") from exc
+    return name
+
+
 async def _read_limited(upload: UploadFile, limit: int, field: str) -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
@@ -111,6 +122,7 @@ def router() -> APIRouter:
 
     @r.post("/classify", response_model=ClassifyResponse,
             responses={404: {"description": "unknown image id"}, 413: {"description": "too large"},
+                       409: {"description": "prompt version edited after answers were stored"},
                        503: {"description": "backend not configured"}})
     async def classify(
         request: Request,
@@ -120,12 +132,14 @@ def router() -> APIRouter:
         condition: ConditionName = Form("image"),
         replicates: int = Form(1, ge=1, le=MAX_REPLICATES),
         backend: str | None = Form(None, description="gemini | openai (default: settings)"),
+        prompt_version: str | None = Form(None, description="Default: the configured one."),
     ) -> ClassifyResponse:
         """Classify one image; returns one answer per replicate (stored, idempotent)."""
         runtime, settings, pool = _state(request)
         ctx = runtime.require()
         if (image is None) == (image_id is None):
             raise HTTPException(422, detail="give exactly one of 'image' (file) or 'image_id'")
+        version = _check_prompt(settings, prompt_version, condition)
         clf = await _classifier(pool, backend)
         item: Item
         if image_id is not None:
@@ -152,9 +166,11 @@ def router() -> APIRouter:
         try:
             rows = await aclassify_items(
                 ctx, [item], settings=settings, condition=condition, replicates=replicates,
-                classifier=clf, progress=False)
+                classifier=clf, progress=False, prompt_version=version)
         except MissingMasks as exc:
             raise HTTPException(422, detail=str(exc)) from exc
+        except PromptChanged as exc:
+            raise HTTPException(409, detail=str(exc)) from exc
         except BackendFailed as exc:
             raise HTTPException(502, detail=str(exc)) from exc
         bad = [row for row in rows if row.status == "error" and
@@ -171,6 +187,7 @@ def router() -> APIRouter:
         """Queue a classify job (JetStream when a bus is configured, in-process otherwise)."""
         runtime, settings, pool = _state(request)
         ctx = runtime.require()
+        version = _check_prompt(settings, body.prompt_version, body.condition)
         clf = await _classifier(pool, body.backend)  # no key: one clear error, now
         try:
             items = await asyncio.to_thread(items_from_images, ctx, body.image_ids)
@@ -181,10 +198,11 @@ def router() -> APIRouter:
             if unmasked:
                 raise HTTPException(422, detail=str(MissingMasks(body.condition, unmasked)))
         total = len(body.image_ids) * body.replicates
-        params = {**body.model_dump(), "backend": clf.name}
+        params = {**body.model_dump(), "backend": clf.name, "prompt_version": version}
         job_id = await asyncio.to_thread(create_job, ctx, params, total, correlation_id.get())
         req = ClassifyRequest(job_id=job_id, image_ids=body.image_ids, backend=clf.name,
-                              condition=body.condition, replicates=body.replicates)
+                              condition=body.condition, replicates=body.replicates,
+                              prompt_version=version)
         if runtime.bus is not None:
             await publish_job(runtime.bus, req, correlation_id.get())
         else:

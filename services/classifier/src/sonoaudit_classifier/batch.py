@@ -26,7 +26,7 @@ from sonoaudit_classifier.backends import make_backend
 from sonoaudit_classifier.backends.base import CallError
 from sonoaudit_classifier.conditions import BadImage, render
 from sonoaudit_classifier.engine import Classifier, Outcome
-from sonoaudit_classifier.prompts import load_prompt
+from sonoaudit_classifier.prompts import PromptChanged, load_prompt
 from sonoaudit_classifier.settings import (
     BackendNotConfigured,
     ClassifierSettings,
@@ -113,13 +113,14 @@ async def aclassify_items(
     ctx: AppContext, items: Sequence[Item], *, settings: ClassifierSettings,
     backend: str | None = None, condition: str = "image", replicates: int = 1,
     job_id: str | None = None, classifier: Classifier | None = None, progress: bool = True,
-    on_progress: ProgressFn | None = None,
+    on_progress: ProgressFn | None = None, prompt_version: str | None = None,
 ) -> list[LLMClassification]:
-    """One stored row per (item, replicate), in input order."""
+    """One stored row per (item, replicate), in input order. ``prompt_version`` None = the
+    configured one. Raises UnknownPrompt / PromptChanged before any call."""
     if replicates < 1:
         raise ValueError(f"replicates must be >= 1, got {replicates}")
     name = classifier.name if classifier is not None else require_backend(settings, backend)
-    prompt = load_prompt(settings.prompt_version, condition)
+    prompt = load_prompt(prompt_version or settings.prompt_version, condition, settings.prompt_dir)
     if condition != "image":
         unmasked = [it.name for it in items if not it.has_mask]
         if unmasked:
@@ -130,6 +131,7 @@ async def aclassify_items(
     try:
         pairs = _keys(items, clf.name, clf.model, prompt.version, condition, replicates)
         before = existing(ctx.sessions, [k for _, k in pairs])
+        _check_same_prompt(before.values(), prompt.hash)
         todo: dict[str, list[tuple[Item, ResultKey]]] = {}
         for it, key in pairs:
             row = before.get(key)
@@ -220,34 +222,44 @@ async def aclassify_items(
             await clf.backend.aclose()
 
 
+def _check_same_prompt(rows: Iterable[LLMClassification], prompt_hash: str) -> None:
+    """Stored answers are reused by prompt *version*; refuse when the words behind the version
+    changed, instead of silently mixing two prompts in one analysis."""
+    for row in rows:
+        if row.status in FINAL and row.prompt_hash != prompt_hash:
+            raise PromptChanged(row.prompt_version, row.condition, row.prompt_hash, prompt_hash)
+
+
 async def aclassify_images(
     ctx: AppContext, image_ids: Sequence[str], *, settings: ClassifierSettings,
     backend: str | None = None, condition: str = "image", replicates: int = 1,
     job_id: str | None = None, classifier: Classifier | None = None, progress: bool = True,
-    on_progress: ProgressFn | None = None,
+    on_progress: ProgressFn | None = None, prompt_version: str | None = None,
 ) -> list[LLMClassification]:
     items = await asyncio.to_thread(items_from_images, ctx, image_ids)
     return await aclassify_items(
         ctx, items, settings=settings, backend=backend, condition=condition,
         replicates=replicates, job_id=job_id, classifier=classifier, progress=progress,
-        on_progress=on_progress)
+        on_progress=on_progress, prompt_version=prompt_version)
 
 
 def classify_images(
     ctx: AppContext, image_ids: Sequence[str], backend: str | None = None,
     condition: str = "image", replicates: int = 1, settings: ClassifierSettings | None = None,
-    *, job_id: str | None = None, progress: bool = True,
+    *, job_id: str | None = None, progress: bool = True, prompt_version: str | None = None,
 ) -> list[LLMClassification]:
     """Synchronous entry point for the embedded pipeline. Raises BackendNotConfigured (use
     :func:`llm_status` first to report "LLM not run and why"), UnknownBackend, UnknownImages,
-    MissingMasks or BackendFailed."""
+    MissingMasks, UnknownPrompt, PromptChanged or BackendFailed."""
     return asyncio.run(aclassify_images(
         ctx, image_ids, settings=settings or ClassifierSettings(), backend=backend,
-        condition=condition, replicates=replicates, job_id=job_id, progress=progress))
+        condition=condition, replicates=replicates, job_id=job_id, progress=progress,
+        prompt_version=prompt_version))
 
 
 __all__ = [
-    "BackendFailed", "BackendNotConfigured", "Item", "MissingMasks", "UnknownImages",
+    "BackendFailed", "BackendNotConfigured", "Item", "MissingMasks", "PromptChanged",
+    "UnknownImages",
     "aclassify_images", "aclassify_items", "classify_images", "items_from_files",
     "items_from_images", "llm_status",
 ]

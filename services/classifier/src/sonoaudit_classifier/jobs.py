@@ -22,8 +22,9 @@ from sonoaudit_classifier.batch import (
     UnknownImages,
     aclassify_images,
 )
+from sonoaudit_classifier.consistency import self_agreement
 from sonoaudit_classifier.engine import Classifier
-from sonoaudit_classifier.prompts import UnknownPrompt
+from sonoaudit_classifier.prompts import PromptChanged, UnknownPrompt
 from sonoaudit_classifier.settings import BackendNotConfigured, ClassifierSettings, UnknownBackend
 
 log = logging.getLogger(__name__)
@@ -88,16 +89,21 @@ async def run_job(ctx: AppContext, req: ClassifyRequest, settings: ClassifierSet
         rows = await aclassify_images(
             ctx, req.image_ids, settings=settings, backend=req.backend,
             condition=req.condition, replicates=req.replicates, job_id=req.job_id,
-            classifier=clf, progress=progress, on_progress=on_progress)
+            classifier=clf, progress=progress, on_progress=on_progress,
+            prompt_version=req.prompt_version)
     except (UnknownImages, MissingMasks, UnknownBackend, BackendNotConfigured, UnknownPrompt,
-            BackendFailed) as exc:
+            PromptChanged, BackendFailed) as exc:
         await asyncio.to_thread(update_job, ctx, req.job_id, status="failed", error=str(exc))
         raise PoisonMessage(str(exc)) from exc
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     failed = counts.get("error", 0)
-    result = {"counts": counts, "stored": len(rows)}
+    result: dict[str, Any] = {"counts": counts, "stored": len(rows)}
+    if rows:
+        result["prompt_version"] = rows[0].prompt_version
+    if req.replicates > 1:
+        result["self_agreement"] = self_agreement(rows)
     await asyncio.to_thread(update_job, ctx, req.job_id, status="done", done=len(rows) - failed,
                             failed=failed, result=result)
     return result

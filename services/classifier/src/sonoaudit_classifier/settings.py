@@ -3,6 +3,7 @@ variables (``GEMINI_API_KEY`` / ``GOOGLE_API_KEY`` / ``OPENAI_API_KEY``) and is 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -17,6 +18,8 @@ class ClassifierSettings(BaseSettings):
 
     llm_backend: str = Field(default="gemini", description="gemini | openai")
     prompt_version: str = Field(default="v1", description="Prompt template set under prompts/.")
+    prompt_dir: Path | None = Field(
+        default=None, description="Extra folder of prompt versions ({version}-system.txt, ...).")
 
     # Gemini (google-genai)
     gemini_model: str = "gemini-2.5-flash"

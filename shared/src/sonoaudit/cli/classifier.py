@@ -50,8 +50,13 @@ def register(app: typer.Typer) -> None:
         backend: str | None = typer.Option(None, help="gemini | openai (default: "
                                            "SONOAUDIT_LLM_BACKEND or gemini)"),
         condition: str = typer.Option("image", help="image | outline | side_by_side"),
-        replicates: int = typer.Option(1, min=1, max=20, help="Answers per image."),
-        as_json: bool = typer.Option(False, "--json", help="Print every answer as JSON."),
+        replicates: int = typer.Option(1, min=1, max=20, help="Answers per image (>= 2: the "
+                                       "LLM's self-agreement is reported too)."),
+        prompt_version: str | None = typer.Option(
+            None, "--prompt-version", help="Prompt template set (default: "
+            "SONOAUDIT_PROMPT_VERSION or v1; own sets in SONOAUDIT_PROMPT_DIR)."),
+        as_json: bool = typer.Option(False, "--json",
+                                     help="Print {answers, self_agreement} as JSON."),
     ) -> None:
         """Ask a multimodal LLM (zero-shot) whether each image is benign, malignant or normal.
         Every answer is stored; rerunning costs nothing for images already answered."""
@@ -65,7 +70,8 @@ def register(app: typer.Typer) -> None:
             aclassify_items,
             items_from_files,
         )
-        from sonoaudit_classifier.prompts import CONDITIONS
+        from sonoaudit_classifier.consistency import self_agreement
+        from sonoaudit_classifier.prompts import CONDITIONS, PromptChanged, UnknownPrompt
         from sonoaudit_classifier.settings import (
             BackendNotConfigured,
             ClassifierSettings,
@@ -84,17 +90,18 @@ def register(app: typer.Typer) -> None:
                     fail(f"--images {images}: no image files (.png/.jpg/.webp) in this folder")
                 coro: Any = aclassify_items(
                     ctx, items_from_files(pairs), settings=settings, backend=backend,
-                    condition=condition, replicates=replicates)
+                    condition=condition, replicates=replicates, prompt_version=prompt_version)
             else:
                 ids = _ids_for(images)
                 if ids is None:
                     fail(f"--images {images}: neither a folder nor a generation-run/dataset id "
                          "with images in the results store")
                 coro = aclassify_images(ctx, ids, settings=settings, backend=backend,
-                                        condition=condition, replicates=replicates)
+                                        condition=condition, replicates=replicates,
+                                        prompt_version=prompt_version)
             rows = asyncio.run(coro)
         except (UnknownBackend, BackendNotConfigured, UnknownImages, MissingMasks,
-                BackendFailed) as exc:
+                UnknownPrompt, PromptChanged, BackendFailed) as exc:
             fail(str(exc))
         finally:
             ctx.close()
@@ -104,8 +111,9 @@ def register(app: typer.Typer) -> None:
             "reason": r.reason, "backend": r.backend, "model": r.model,
             "prompt_version": r.prompt_version, "condition": r.condition, "attempts": r.attempts,
         } for r in rows]
+        agreement = self_agreement(rows) if replicates > 1 else []
         if as_json:
-            print_json(answers)
+            print_json({"answers": answers, "self_agreement": agreement})
             return
         counts: dict[str, int] = {}
         for a in answers:
@@ -117,3 +125,9 @@ def register(app: typer.Typer) -> None:
         for a in answers:
             if a["status"] != "ok":
                 typer.echo(f"  {a['image']} r{a['replicate']}: {a['status']}: {a['reason']}")
+        for g in agreement:
+            kappa = (f"{g['fleiss_kappa']:.3f}" if g["fleiss_kappa"] is not None
+                     else f"undefined ({g['kappa_reason']})")
+            typer.echo(f"self-agreement over {g['replicates']} replicates: Fleiss kappa {kappa}, "
+                       f"n={g['n_images']} images ({g['excluded']} excluded: a replicate "
+                       "without a label)")

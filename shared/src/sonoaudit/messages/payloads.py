@@ -24,11 +24,16 @@ class GenerateRequest(_Payload):
 
 
 class ClassifyRequest(_Payload):
+    """Classify images (ids in the results store) with an LLM; one answer per replicate."""
+
     job_id: str
     image_ids: list[str] = Field(min_length=1)
-    backend: str = "gemini"
-    condition: Condition = "image"
-    replicates: int = Field(default=1, ge=1)
+    backend: str = Field(default="gemini", description="gemini | openai")
+    condition: Condition = Field(
+        default="image", description="image | outline (mask drawn) | side_by_side (with mask)")
+    replicates: int = Field(default=1, ge=1, le=20)
+    prompt_version: str | None = Field(
+        default=None, description="Prompt template set; None = the worker's configured one.")
 
 
 class MetricsRequest(_Payload):
