@@ -9,6 +9,7 @@ again, readiness drops back to 503.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import threading
 import time
@@ -153,3 +154,47 @@ def test_readiness_is_bounded_when_postgres_hangs_then_recovers(
     finally:
         hole.close()
         proxy.close()
+
+
+def _sigterm_and_check(procs: list[ServiceProcess], grace_s: float = 25.0) -> None:
+    started = time.monotonic()
+    for p in procs:
+        p.proc.send_signal(signal.SIGTERM)
+    for p in procs:
+        code = p.proc.wait(timeout=max(1.0, grace_s - (time.monotonic() - started)))
+        # uvicorn (>= 0.29) re-raises the signal it caught once shutdown is done, so a clean
+        # stop ends "killed by SIGTERM" (143 in a container); anything else is a crash.
+        assert code in (0, -signal.SIGTERM), f"{p.service} exited {code}:\n{p.log_text()}"
+        records = p.log_records()
+        msgs = [str(r.get("msg")) for r in records]
+        # The lifespan ran to its end (workers cancelled, bus and database closed) ...
+        assert "Application shutdown complete." in msgs, f"{p.service}:\n{p.log_text()}"
+        # ... and nothing failed on the way out.
+        after = records[msgs.index("Shutting down"):]
+        assert not [r for r in after if r.get("level") in ("ERROR", "CRITICAL")], p.log_text()
+
+
+def test_sigterm_stops_every_service_promptly(
+    migrated_postgres: str, start_services: StartServices, tmp_path: Path
+) -> None:
+    """Kubernetes and compose stop a container with SIGTERM, then SIGKILL after the grace period
+    (30 s, the shortest we configure): each service must exit cleanly well before, with the bus
+    up (two services) and after the bus has gone away (the other two: closing the NATS client
+    must not wait for a server that is not there). One start of the four keeps this short."""
+    nats = NatsProcess(free_port(), tmp_path / "jetstream")
+    nats.start()
+    try:
+        procs = start_services(service_env(tmp_path, database_url=migrated_postgres,
+                                           nats_url=f"nats://127.0.0.1:{nats.port}"))
+        for p in procs:
+            wait_until(lambda p=p: readyz(p)[0] == 200, 60, f"{p.service} ready")
+        _sigterm_and_check(procs[:2])
+        nats.stop()
+        for p in procs[2:]:
+            wait_until(lambda p=p: readyz(p)[0] == 503, 30, f"{p.service} sees NATS gone")
+            # The outage is logged as a warning, not as an error with a traceback per retry.
+            errors = [r for r in p.log_records() if r.get("level") in ("ERROR", "CRITICAL")]
+            assert not errors, p.log_text()
+        _sigterm_and_check(procs[2:])
+    finally:
+        nats.stop()

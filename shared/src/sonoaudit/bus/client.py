@@ -15,7 +15,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoServersError
+from nats.errors import NoServersError, StaleConnectionError, UnexpectedEOF
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
@@ -100,6 +100,8 @@ class Bus:
                     nats.connect(
                         self.url, name=self.name, connect_timeout=2,
                         max_reconnect_attempts=-1, allow_reconnect=True,
+                        error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+                        reconnected_cb=self._on_reconnect,
                     ),
                     timeout=5,
                 )
@@ -110,6 +112,22 @@ class Bus:
                 log.warning("NATS %s not reachable (attempt %d/%d)", self.url, attempt, attempts)
                 await asyncio.sleep(wait_s)
         raise ConnectionError(f"NATS {self.url} not reachable after {attempts} attempts: {last}")
+
+    # nats-py's default error callback logs every failed reconnect attempt at ERROR with a
+    # traceback; a server that is away is an expected, transient state (readiness reports it),
+    # so connection errors are warnings of one line. Anything else stays an error.
+    async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, (OSError, UnexpectedEOF, StaleConnectionError, NatsTimeout,
+                            TimeoutError, NoServersError)):
+            log.warning("NATS %s: connection problem: %r", self.url, exc)
+        else:
+            log.error("NATS %s: error", self.url, exc_info=exc)
+
+    async def _on_disconnect(self) -> None:
+        log.warning("NATS %s: disconnected; reconnecting", self.url)
+
+    async def _on_reconnect(self) -> None:
+        log.info("NATS %s: reconnected", self.url)
 
     @property
     def connected(self) -> bool:
