@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
@@ -62,3 +63,14 @@ def synthetic_pngs(n: int, seed: int = 0, size: int = 32) -> list[tuple[str, byt
     return out
 
 
+def write_prompt_version(folder: Path, version: str, system: str) -> Path:
+    """A user prompt version: the packaged v1 files with another system text."""
+    from importlib import resources
+
+    folder.mkdir(parents=True, exist_ok=True)
+    packaged = resources.files("sonoaudit_classifier") / "prompts"
+    for name in ("system", "task", "repair", "condition-image", "condition-outline",
+                 "condition-side_by_side"):
+        text = system if name == "system" else (packaged / f"v1-{name}.txt").read_text()
+        (folder / f"{version}-{name}.txt").write_text(text)
+    return folder

@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from classifier_helpers import register_images, synthetic_pngs  # type: ignore[import-not-found]
+from classifier_helpers import (  # type: ignore[import-not-found]
+    register_images,
+    synthetic_pngs,
+    write_prompt_version,
+)
 from fastapi.testclient import TestClient
 from sonoaudit.settings import Settings
 from sonoaudit_classifier.main import create_app
@@ -22,8 +26,9 @@ def client(tmp_path: Path, fake_gemini: FakeGeminiServer,
            make_settings: Any) -> Iterator[TestClient]:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
                         store_dir=tmp_path / "store", home=tmp_path)
+    prompts = write_prompt_version(tmp_path / "prompts", "v2", "You are a sonographer.")
     app = create_app(settings, make_settings(gemini_base_url=fake_gemini.url,
-                                             max_image_bytes=200_000))
+                                             max_image_bytes=200_000, prompt_dir=prompts))
     # The runtime does not migrate; the embedded CLI does. Migrate here like `sonoaudit migrate`.
     from sonoaudit.db.migrate import upgrade
 
@@ -77,6 +82,7 @@ def test_classify_with_mask_outline(client: TestClient, busbra_sample: Path) -> 
     ({}, {"image_id": "x", "backend": "claude"}, 422, "unknown LLM backend 'claude'"),
     ({}, {"image_id": "x", "condition": "with_report"}, 422, "condition"),
     ({}, {"image_id": "x", "replicates": "0"}, 422, "replicates"),
+    ({}, {"image_id": "x", "prompt_version": "v9"}, 422, "prompt_version: prompt version 'v9'"),
 ])
 def test_bad_input(client: TestClient, files: dict[str, Any], data: dict[str, str], status: int,
                    fragment: str) -> None:
@@ -121,3 +127,42 @@ def test_batch_in_process_job(client: TestClient, fake_gemini: FakeGeminiServer)
     assert client.get("/jobs/nope").status_code == 404
     r = client.post("/classify/batch", json={"image_ids": [*ids, "missing-id"]})
     assert r.status_code == 404 and "missing-id" in r.json()["detail"]
+
+
+def test_batch_job_prompt_version_and_self_agreement(client: TestClient,
+                                                    fake_gemini: FakeGeminiServer) -> None:
+    from statsmodels.stats.inter_rater import fleiss_kappa
+
+    ctx = client.app.state.runtime.ctx  # type: ignore[attr-defined]
+    images = synthetic_pngs(9, seed=4)
+    ids = register_images(ctx, images)
+    labels = ["benign", "malignant", "normal"]
+    # One replicate of three images answers another label than the other two replicates.
+    table = []
+    for i, (_, data, _, _) in enumerate(images):
+        usual = default_label(data)
+        row = [3 * (lab == usual) for lab in labels]
+        if i < 3:
+            other = labels[(labels.index(usual) + 1) % 3]
+            fake_gemini.script_for(data, f"ok:{other}")
+            row[labels.index(usual)] -= 1
+            row[labels.index(other)] += 1
+        table.append(row)
+    r = client.post("/classify/batch", json={"image_ids": ids, "replicates": 3,
+                                             "prompt_version": "v2"})
+    assert r.status_code == 202, r.text
+    job_url = r.json()["status_url"]
+    deadline = time.monotonic() + 20
+    while (job := client.get(job_url).json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    assert job["status"] == "done" and job["done"] == 27, job
+    assert job["params"]["prompt_version"] == "v2" and job["result"]["prompt_version"] == "v2"
+    assert {q["system"]["parts"][0]["text"] for q in fake_gemini.requests} == {
+        "You are a sonographer."}
+    [agreement] = job["result"]["self_agreement"]
+    assert (agreement["replicates"], agreement["n_images"], agreement["excluded"]) == (3, 9, 0)
+    assert agreement["fleiss_kappa"] == pytest.approx(fleiss_kappa(table))
+    assert agreement["unanimous"] == pytest.approx(6 / 9)
+    r = client.post("/classify/batch", json={"image_ids": ids, "prompt_version": "nope"})
+    assert r.status_code == 422 and "'nope' not found" in r.json()["detail"]

@@ -8,18 +8,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from classifier_helpers import register_images  # type: ignore[import-not-found]
+from classifier_helpers import (  # type: ignore[import-not-found]
+    register_images,
+    write_prompt_version,
+)
 from sonoaudit.context import AppContext
 from sonoaudit.db.models import LLMClassification
 from sonoaudit_classifier.batch import (
     BackendFailed,
     MissingMasks,
+    PromptChanged,
     UnknownImages,
     aclassify_items,
     classify_images,
     items_from_files,
     llm_status,
 )
+from sonoaudit_classifier.prompts import UnknownPrompt
 from sonoaudit_classifier.settings import BackendNotConfigured, ClassifierSettings
 from sonoaudit_classifier.testing.fake_servers import FakeGeminiServer
 from sqlalchemy import func, select
@@ -150,3 +155,34 @@ async def test_files_with_masks_and_conditions(
         with pytest.raises(MissingMasks, match="needs a mask"):
             await aclassify_items(sqlite_ctx, items_from_files([(images[0], None)]),
                                   settings=settings, condition="outline", progress=False)
+
+
+def test_prompt_versions_are_separate_and_frozen(
+    sqlite_ctx: AppContext, busbra_ids: dict[str, str], tmp_path: Path, make_settings: Any,
+) -> None:
+    ids = list(busbra_ids)[:3]
+    prompts = write_prompt_version(tmp_path / "prompts", "v2", "You are a sonographer.")
+    with FakeGeminiServer() as server:
+        settings = make_settings(gemini_base_url=server.url, prompt_dir=prompts)
+        v1 = classify_images(sqlite_ctx, ids, settings=settings, progress=False)
+        v2 = classify_images(sqlite_ctx, ids, settings=settings, progress=False,
+                             prompt_version="v2")
+        assert {r.prompt_version for r in v1} == {"v1"} and {r.prompt_version for r in v2} == {
+            "v2"}
+        assert len({r.prompt_hash for r in v1} | {r.prompt_hash for r in v2}) == 2
+        assert {r.request_settings["prompt_version"] for r in v2} == {"v2"}
+        systems = [q["system"]["parts"][0]["text"] for q in server.requests]
+        assert len(systems) == 6 and systems[3:] == ["You are a sonographer."] * 3
+        assert "breast radiologist" in systems[0]
+        assert _count(sqlite_ctx) == 6
+        # Editing a used version is refused before any call: its stored answers would be mixed
+        # with answers to other words under the same version.
+        (prompts / "v2-system.txt").write_text("You are a radiographer.")
+        with pytest.raises(PromptChanged, match="'v2'.*changed since answers were stored"):
+            classify_images(sqlite_ctx, ids, settings=settings, progress=False,
+                            prompt_version="v2")
+        classify_images(sqlite_ctx, ids, settings=settings, progress=False)  # v1: untouched
+        assert len(server.requests) == 6 and _count(sqlite_ctx) == 6
+        with pytest.raises(UnknownPrompt, match="'v3' not found"):
+            classify_images(sqlite_ctx, ids, settings=settings, progress=False,
+                            prompt_version="v3")

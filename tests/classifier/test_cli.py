@@ -7,8 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from classifier_helpers import write_prompt_version  # type: ignore[import-not-found]
 from sonoaudit.cli.main import app
 from sonoaudit_classifier.testing.fake_servers import FakeGeminiServer, default_label
+from statsmodels.stats.inter_rater import fleiss_kappa
 from typer.testing import CliRunner
 
 
@@ -27,7 +29,9 @@ def test_cli_classifies_a_folder(tmp_path: Path, busbra_sample: Path,
         server.script_for(chosen[1].read_bytes(), "blocked")
         result = CliRunner().invoke(app, ["classify", "--images", str(folder), "--json"])
         assert result.exit_code == 0, result.output
-        answers = json.loads(result.stdout[result.stdout.index("["):])
+        out = json.loads(result.stdout[result.stdout.index("{"):])
+        assert out["self_agreement"] == []  # one replicate: nothing to agree with
+        answers = out["answers"]
         by_name = {a["image"]: a for a in answers}
         assert set(by_name) == {p.name for p in chosen}
         for p in chosen:
@@ -39,6 +43,33 @@ def test_cli_classifies_a_folder(tmp_path: Path, busbra_sample: Path,
         result = CliRunner().invoke(app, ["classify", "--images", str(folder)])
         assert result.exit_code == 0 and "4 answers" in result.output
         assert len(server.requests) == 4  # the rerun was answered from the store
+        # Two replicates under another prompt version: 8 new calls; one replicate of the first
+        # image answers another label.
+        labels = ["benign", "malignant", "normal"]
+        usual = [default_label(p.read_bytes()) for p in chosen]
+        other = labels[(labels.index(usual[0]) + 1) % 3]
+        server.script_for(chosen[0].read_bytes(), f"ok:{other}")
+        table = [[2 * (lab == u) for lab in labels] for u in usual]
+        table[0][labels.index(usual[0])] -= 1
+        table[0][labels.index(other)] += 1
+        prompts = write_prompt_version(tmp_path / "prompts", "mine", "You are a sonographer.")
+        monkeypatch.setenv("SONOAUDIT_PROMPT_DIR", str(prompts))
+        result = CliRunner().invoke(app, ["classify", "--images", str(folder), "--json",
+                                          "--replicates", "2", "--prompt-version", "mine"])
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.stdout[result.stdout.index("{"):])
+        assert len(server.requests) == 12
+        assert {a["prompt_version"] for a in out["answers"]} == {"mine"}
+        [g] = out["self_agreement"]
+        assert (g["n_images"], g["pairwise_agreement"]) == (4, pytest.approx(3 / 4))
+        assert g["fleiss_kappa"] == pytest.approx(fleiss_kappa(table))
+        result = CliRunner().invoke(app, ["classify", "--images", str(folder), "--replicates",
+                                          "2", "--prompt-version", "mine"])
+        assert "self-agreement over 2 replicates: Fleiss kappa" in result.output
+        assert len(server.requests) == 12
+        result = CliRunner().invoke(app, ["classify", "--images", str(folder),
+                                          "--prompt-version", "v7"])
+        assert result.exit_code == 2 and "'v7' not found" in result.output
     result = CliRunner().invoke(app, ["classify", "--images", str(folder), "--backend", "x"])
     assert result.exit_code == 2 and "unknown LLM backend 'x'" in result.output
     monkeypatch.delenv("GEMINI_API_KEY")

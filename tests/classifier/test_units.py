@@ -200,7 +200,8 @@ def test_self_agreement_groups_and_excludes_unlabelled() -> None:
                 for i, lab in enumerate(labels)]
 
     answers = [*rows("a", ["benign"] * 3), *rows("b", ["benign", "benign", "malignant"]),
-               *rows("c", ["normal", "malignant", "benign"]), *rows("d", ["benign", None, "benign"]),
+               *rows("c", ["normal", "malignant", "benign"]),
+               *rows("d", ["benign", None, "benign"]),
                *rows("e", ["normal"], condition="outline")]  # one replicate: no agreement
     [g] = self_agreement(answers)
     assert (g["condition"], g["replicates"], g["n_images"], g["excluded"]) == ("image", 3, 3, 1)
