@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 def register_images(ctx: AppContext,
-                    pairs: list[tuple[str, bytes, bytes | None, str]]) -> list[str]:
+                    pairs: Sequence[tuple[str, bytes, bytes | None, str]]) -> list[str]:
     """Put (name, image bytes, mask bytes, class) into the store; return the new image ids."""
     ids = []
     with session_scope(ctx.sessions) as s:

@@ -66,7 +66,7 @@ def test_batch_with_faults_then_free_rerun(
         assert by_status == {"ok": 36, "abstain": 2, "invalid": 2}
         for r in rows:
             if r.status == "ok":
-                assert r.label == busbra_ids[r.image_id]  # what the server said: the pathology
+                assert r.label == busbra_ids[r.image_id or ""]  # the server said: the pathology
                 assert r.prompt_hash and r.model == "gemini-2.5-flash"
                 assert r.findings["shape"] in ("oval", "irregular")
             else:

@@ -94,12 +94,12 @@ def test_200_image_job_with_faults(pg_ctx: AppContext, nats_server: str,
         assert Counter(r.status for r in rows) == {"ok": 140, "abstain": 40, "invalid": 20}
         assert job["done"] == 200 and job["failed"] == 0
         by_id = {i: d for i, (_, d, _, _) in zip(ids, images, strict=True)}
-        for r in rows:
-            if r.status == "ok":
-                assert r.label == default_label(by_id[r.image_id or ""])
+        for row in rows:
+            if row.status == "ok":
+                assert row.label == default_label(by_id[row.image_id or ""])
             else:
-                assert r.label is None
-            assert r.attempts in (1, 2)
+                assert row.label is None
+            assert row.attempts in (1, 2)
         errs = Counter(e.split(":")[0] for r in rows for e in r.attempt_errors)
         # A dropped keep-alive connection is retried too and never reaches the server.
         transport = errs.pop("transport", 0)
