@@ -46,7 +46,8 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 @pytest.fixture(scope="session")
 def busbra_sample() -> Path:
     if not BUSBRA_SAMPLE.is_dir():
-        pytest.fail(f"BUS-BRA sample missing at {BUSBRA_SAMPLE} (../shared must sit beside the repo)")
+        pytest.fail(f"BUS-BRA sample missing at {BUSBRA_SAMPLE} "
+                    "(../shared must sit beside the repo)")
     return BUSBRA_SAMPLE
 
 

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import pytest
-
 from sonoaudit.bus import Bus, PoisonMessage, TransientError
 from sonoaudit.bus.client import Heartbeat
 from sonoaudit.messages import STREAMS, Envelope, make_envelope

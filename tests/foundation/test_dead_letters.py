@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-
 from sonoaudit.bus import Bus, PoisonMessage
 from sonoaudit.db.migrate import upgrade
 from sonoaudit.messages import make_envelope

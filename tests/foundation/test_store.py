@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
-from sqlalchemy.exc import IntegrityError
-
 from sonoaudit.db.migrate import downgrade, upgrade
 from sonoaudit.db.models import Base, Dataset, Image, Job
 from sonoaudit.db.session import make_engine, make_session_factory, session_scope
 from sonoaudit.filestore import FileStore, sha256_bytes
+from sqlalchemy import inspect, select
+from sqlalchemy.exc import IntegrityError
 
 
 def _urls(request: pytest.FixtureRequest) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,7 +23,7 @@ from sonoaudit.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Worker = Callable[["ServiceRuntime", asyncio.Event], Awaitable[None]]
+Worker = Callable[["ServiceRuntime", asyncio.Event], Coroutine[Any, Any, None]]
 
 
 class ServiceRuntime:

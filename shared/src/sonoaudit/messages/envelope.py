@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,7 +31,9 @@ def make_envelope(
     message_id: str | None = None,
 ) -> Envelope[P]:
     mid = message_id or uuid.uuid4().hex
-    return Envelope[type(payload)](  # type: ignore[misc]
+    # Parametrised with the payload's runtime class so the JSON schema and validation are exact.
+    model: Any = Envelope[type(payload)]  # type: ignore[misc]
+    envelope: Envelope[P] = model(
         message_id=mid,
         correlation_id=correlation_id or mid,
         type=type_,
@@ -39,3 +41,4 @@ def make_envelope(
         created_at=datetime.now(UTC),
         payload=payload,
     )
+    return envelope

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -26,7 +27,7 @@ def subject(capability: str, kind: str) -> str:
 class MessageSpec:
     type: str
     subject: str
-    payload: type[BaseModel]
+    payload: builtins.type[BaseModel]  # `type` alone would name the field above
     schema_version: int = 1
     description: str = ""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from alembic import context
-
 from sonoaudit.db.models import Base
 from sonoaudit.db.session import make_engine
 from sonoaudit.settings import get_settings

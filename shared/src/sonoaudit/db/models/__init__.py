@@ -1,4 +1,5 @@
-"""All tables. Each area keeps its tables in its own module; import them here so Alembic sees them."""
+"""All tables. Each area keeps its tables in its own module; they are imported here so that
+Alembic sees them."""
 
 from sonoaudit.db.base import Base
 from sonoaudit.db.models.classifier import LLMClassification
