@@ -134,6 +134,7 @@ def generate(
         run = None
         if job_id is not None:
             run = s.scalars(select(GenerationRun).where(GenerationRun.job_id == job_id)).first()
+        resumed = run is not None
         if run is None:
             run = GenerationRun(model_id=model.id, job_id=job_id, class_label=model.class_label,
                                 n=n, sampler=sampler, steps=steps, seed=seed, provenance=prov)
@@ -147,6 +148,8 @@ def generate(
                              .where(Image.generation_run_id == run_id)))
     out = Path(out_dir) if out_dir is not None else ctx.settings.home / "generated" / run_id
     out.mkdir(parents=True, exist_ok=True)
+    if resumed:  # a redelivered job: an earlier delivery may have died mid-write
+        _sweep_partial_writes(out)
     be = make_backend(ckpt, backend)
     todo = [i for i in range(n) if i not in done]
     bar = tqdm(total=n, initial=n - len(todo), disable=not progress, unit="img",
@@ -182,6 +185,13 @@ def generate(
     finally:
         bar.close()
     return _finish(ctx, run_id, out)
+
+
+def _sweep_partial_writes(out: Path) -> None:
+    """Remove temporary files that a killed worker left half-written in this run's folder
+    (``atomic_write_bytes`` names them ``.<name>.*.tmp``); the finished files are kept."""
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _store_batch(ctx: AppContext, run_id: str, model: Model, indices: list[int],
