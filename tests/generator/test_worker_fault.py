@@ -76,7 +76,7 @@ def test_generator_worker_killed_mid_batch_loses_and_duplicates_nothing(
     env = service_env(tmp_path, database_url=postgres_url, nats_url=nats_server,
                       store_dir=str(tmp_path / "store"), nats_ack_wait_s="3",
                       generator_batch_size=str(BATCH), generator_sync_max_n="0",
-                      generator_heartbeat_s="0.5")
+                      generator_heartbeat_s="0.5", generator_threads="1")
     proc = ServiceProcess("generator", env, tmp_path)
     try:
         proc.wait_alive()

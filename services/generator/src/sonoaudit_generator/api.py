@@ -91,6 +91,7 @@ def router() -> APIRouter:
         req = await asyncio.to_thread(resolve, ctx, body, gs)
         params = req.model_dump(exclude={"job_id"})
         if req.n <= gs.sync_max_n:
+            gs.apply_threads()
             run = await asyncio.to_thread(
                 generate, ctx, req.model_id, req.n, req.sampler, req.steps, req.seed,
                 batch_size=gs.batch_size, backend=gs.backend, max_n=gs.max_n, progress=False)

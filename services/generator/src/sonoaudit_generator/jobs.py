@@ -57,6 +57,7 @@ def run_job(ctx: AppContext, req: GenerateRequest, gsettings: GeneratorSettings)
             s.add(Job(id=req.job_id, kind=JOB_KIND, status="queued", total=req.n,
                       params=req.model_dump()))
     update_job(ctx, req.job_id, status="running")
+    gsettings.apply_threads()
 
     def progress(done: int, total: int) -> None:
         update_job(ctx, req.job_id, done=done, total=total)
