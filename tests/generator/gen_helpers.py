@@ -9,7 +9,7 @@ import torch
 from sonoaudit.context import AppContext
 from sonoaudit.db.models import Model
 from sonoaudit.db.session import session_scope
-from sonoaudit_generator.config import profile
+from sonoaudit_generator.config import Profile, profile
 from sonoaudit_generator.training import to_training_tensor
 
 
@@ -34,3 +34,10 @@ def register_model(ctx: AppContext, checkpoint: Path, class_label: str = "benign
         s.add(m)
         s.flush()
         return m.id
+
+
+def tiny_profile(batch_size: int, steps: int) -> Profile:
+    """The tiny test profile with another batch size / step count (checkpoint at the end)."""
+    p = profile("tiny")
+    return p.model_copy(update={"train": p.train.model_copy(update={
+        "batch_size": batch_size, "steps": steps, "checkpoint_every": steps})})

@@ -89,13 +89,22 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
         be.copy_(b)
 
 
-def diffusion_loss(net: nn.Module, scheduler: Any, x0: Tensor, gen: torch.Generator,
-                   prediction_type: str, autocast: bool = False) -> Tensor:
-    """MSE between the network output and ε (or v) at a uniformly drawn timestep."""
-    b = x0.shape[0]
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    t, noise = t.to(x0.device), noise.to(x0.device)
+def draw_noise(scheduler: Any, shape: torch.Size | tuple[int, ...],
+               gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Uniform timesteps and Gaussian ε for a batch of ``shape`` (drawn on the CPU generator)."""
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (shape[0],), generator=gen)
+    return t, torch.randn(shape, generator=gen)
+
+
+def diffusion_loss(net: nn.Module, scheduler: Any, x0: Tensor, gen: torch.Generator | None,
+                   prediction_type: str, autocast: bool = False,
+                   drawn: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """MSE between the network output and ε (or v) at a uniformly drawn timestep; ``drawn``
+    gives (t, ε) already drawn (a DDP rank's slice of the global draw) instead of ``gen``."""
+    if drawn is None:
+        assert gen is not None
+        drawn = draw_noise(scheduler, x0.shape, gen)
+    t, noise = drawn[0].to(x0.device), drawn[1].to(x0.device)
     xt = scheduler.add_noise(x0, noise, t)
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -214,17 +223,27 @@ def train_loop(
     step = start
     for step in bar:
         gen = torch.Generator().manual_seed(sample_seed(seed, step))
-        # every rank draws the same global batch and keeps its own slice
+        # every rank draws the same global batch, timesteps and noise and keeps its own slice,
+        # so N ranks × batch b train exactly like one process with batch N·b (and one process
+        # draws in the same order as before DDP existed)
         xb = _batch(data.cpu() if dev.type != "cpu" else data, tc.batch_size * dist.world_size,
                     gen, tc.flip)
-        xb = xb[dist.rank * tc.batch_size:(dist.rank + 1) * tc.batch_size].to(dev)
-        loss = diffusion_loss(model, scheduler, xb, gen, prof.schedule.prediction_type, amp)
+        tb, nb = draw_noise(scheduler, xb.shape, gen)
+        mine = slice(dist.rank * tc.batch_size, (dist.rank + 1) * tc.batch_size)
+        loss = diffusion_loss(model, scheduler, xb[mine].to(dev), None,
+                              prof.schedule.prediction_type, amp, drawn=(tb[mine], nb[mine]))
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
         opt.step()
         _ema_update(ema, net, tc.ema_decay)
-        lv = float(loss.detach())
+        logged = loss.detach()
+        if dist.world_size > 1:  # the curve records the global batch's loss, not rank 0's slice
+            import torch.distributed as tdist
+
+            tdist.all_reduce(logged)
+            logged = logged / dist.world_size
+        lv = float(logged)
         if not np.isfinite(lv):
             raise FloatingPointError(f"loss became {lv} at step {step}; lower the learning rate")
         curve.append({"step": step + 1, "loss": lv})
