@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     nats_ack_wait_s: float = Field(default=30.0, gt=0)
     db_connect_attempts: int = Field(default=30, ge=1)
     db_connect_wait_s: float = Field(default=1.0, gt=0)
+    # Where the distributed pipeline (``sonoaudit run-study`` with NATS + Postgres) reaches the
+    # services; the defaults are docker-compose's published ports.
+    generator_url: str = Field(default="http://127.0.0.1:8001", description="Generator base URL.")
+    metrics_url: str = Field(default="http://127.0.0.1:8002", description="Metrics base URL.")
+    classifier_url: str = Field(default="http://127.0.0.1:8003",
+                                description="Classifier base URL.")
+    raters_url: str = Field(default="http://127.0.0.1:8004", description="Raters base URL.")
+    job_poll_s: float = Field(default=1.0, gt=0, description="Pipeline job polling interval.")
+    job_timeout_s: float = Field(default=24 * 3600.0, gt=0,
+                                 description="Longest the pipeline waits for one job.")
     log_level: str = "INFO"
 
     @field_validator("database_url")

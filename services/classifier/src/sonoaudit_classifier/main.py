@@ -14,6 +14,7 @@ from sonoaudit.service import base_app
 from sonoaudit.settings import Settings
 
 from sonoaudit_classifier.api import router
+from sonoaudit_classifier.api_status import router as status_router
 from sonoaudit_classifier.jobs import consume_jobs
 from sonoaudit_classifier.pool import ClassifierPool
 from sonoaudit_classifier.settings import ClassifierSettings, backend_problem
@@ -55,4 +56,5 @@ def create_app(settings: Settings | None = None,
 
     app = base_app("classifier", lifespan, runtime.ready)
     app.include_router(router())
+    app.include_router(status_router())
     return app

@@ -14,6 +14,7 @@ from sonoaudit.service import base_app
 from sonoaudit.settings import Settings
 
 from sonoaudit_generator.api import router
+from sonoaudit_generator.api_train import install as install_train
 from sonoaudit_generator.jobs import consume_jobs
 from sonoaudit_generator.settings import GeneratorSettings
 
@@ -47,4 +48,5 @@ def create_app(settings: Settings | None = None,
 
     app = base_app("generator", lifespan, runtime.ready)
     app.include_router(router())
+    install_train(app, runtime, gsettings)  # POST /train + the TRAIN worker
     return app

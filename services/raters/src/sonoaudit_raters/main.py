@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-
 from sonoaudit.runtime import ServiceRuntime
 from sonoaudit.service import base_app
 from sonoaudit.settings import Settings
-from sonoaudit_raters import report_api, study_api
+
+from sonoaudit_raters import api_pipeline, report_api, study_api
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -16,4 +16,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = base_app("raters", runtime.lifespan(), runtime.ready)
     app.include_router(study_api.build_router(runtime))
     app.include_router(report_api.build_router(runtime))
+    app.include_router(api_pipeline.build_router(runtime))
     return app

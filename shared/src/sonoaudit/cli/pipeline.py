@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         from sonoaudit.context import build_context
         from sonoaudit.pipeline.config import load_config
         from sonoaudit.pipeline.runner import STEPS, Pipeline
-        from sonoaudit.pipeline.transport import EmbeddedTransport
+        from sonoaudit.pipeline.transport import EmbeddedTransport, Transport
         from sonoaudit.settings import Settings
 
         if from_step is not None and from_step not in STEPS:
@@ -47,7 +47,13 @@ def register(app: typer.Typer) -> None:
         if settings.distributed:
             from sonoaudit.pipeline.distributed import DistributedTransport
 
-            transport = DistributedTransport(ctx)
+            dist = DistributedTransport(ctx, echo=typer.echo)
+            try:
+                dist.check_services()
+            except Exception as exc:
+                ctx.close()
+                fail(f"run-study (distributed mode): {exc}", code=1)
+            transport: Transport = dist
         else:
             transport = EmbeddedTransport(ctx)
         typer.echo(f"run-study {cfg.name!r}: {transport.name} mode, "

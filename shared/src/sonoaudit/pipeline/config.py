@@ -70,11 +70,17 @@ class ReportConfig(_Cfg):
     seed: int = 0
 
 
+ClassName = Literal["benign", "malignant", "normal"]
+
+
+def _default_classes() -> list[ClassName]:
+    return ["benign", "malignant"]
+
+
 class RunConfig(_Cfg):
     name: str = Field(min_length=1, max_length=200)
     out_dir: str | None = Field(default=None, description="Default: ./runs/<name>.")
-    classes: list[Literal["benign", "malignant", "normal"]] = Field(
-        default_factory=lambda: ["benign", "malignant"], min_length=1)
+    classes: list[ClassName] = Field(default_factory=_default_classes, min_length=1)
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     generate: GenerateConfig = GenerateConfig()
