@@ -12,11 +12,13 @@ import torch
 
 @dataclass(frozen=True)
 class GaussianStats:
-    """Mean and covariance (unbiased, n-1) of a feature set, float64."""
+    """Mean and covariance (unbiased, n-1) of a feature set, float64. ``centred`` keeps the
+    centred features when they were given, which makes the FID root's trace cheap for n ≪ d."""
 
     mu: np.ndarray
     sigma: np.ndarray
     n: int
+    centred: np.ndarray | None = None
 
 
 def gaussian_stats(features: np.ndarray) -> GaussianStats:
@@ -26,21 +28,39 @@ def gaussian_stats(features: np.ndarray) -> GaussianStats:
     mu = f.mean(axis=0)
     centred = f - mu
     sigma = centred.T @ centred / (f.shape[0] - 1)
-    return GaussianStats(mu, sigma, f.shape[0])
+    return GaussianStats(mu, sigma, f.shape[0], centred)
+
+
+def trace_sqrt_product(a: GaussianStats, b: GaussianStats) -> float:
+    """Tr((ΣaΣb)^½) without the non-symmetric eigenproblem of ΣaΣb (tens of seconds at d=2048).
+
+    With centred features A, B: ΣaΣb = AᵀA BᵀB / ((na−1)(nb−1)), whose non-zero eigenvalues
+    are those of MMᵀ for M = ABᵀ/√((na−1)(nb−1)); so the trace of the root is the sum of M's
+    singular values (an na×nb SVD). Without features: Σa^½ΣbΣa^½ is symmetric PSD and similar
+    to ΣaΣb, so two symmetric eigendecompositions give it; that path is also taken when both
+    sets are larger than d (the d×d problems are then the smaller ones). Rounding negatives are
+    clipped to 0. Checked against scipy.linalg.sqrtm in tests/metrics/test_distances.py.
+    """
+    d = a.sigma.shape[0]
+    if a.centred is not None and b.centred is not None and min(a.n, b.n) <= d:
+        m = a.centred @ b.centred.T / math.sqrt((a.n - 1) * (b.n - 1))
+        return float(np.linalg.svd(m, compute_uv=False).sum())
+    w, v = np.linalg.eigh(a.sigma)
+    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = root_a @ b.sigma @ root_a
+    ev = np.linalg.eigvalsh((inner + inner.T) / 2.0)
+    return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
 
 
 def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
-    """‖μa−μb‖² + Tr(Σa + Σb − 2(ΣaΣb)^½), the root's trace from the eigenvalues of ΣaΣb.
+    """‖μa−μb‖² + Tr(Σa + Σb − 2(ΣaΣb)^½).
 
-    ΣaΣb is similar to the PSD matrix Σa^½ΣbΣa^½, so its eigenvalues are real and ≥ 0 up to
-    rounding; tiny negative or imaginary parts from rounding are dropped (real part of the
-    complex sqrt), which is what torchmetrics does. Unlike scipy's sqrtm this never yields a
-    complex result or NaN for rank-deficient Σ (n < feature dim).
+    ΣaΣb is similar to a PSD matrix, so its root's trace is real; computed as in
+    :func:`trace_sqrt_product`. Unlike scipy's sqrtm this never yields a complex result or NaN
+    for rank-deficient Σ (n < feature dim).
     """
     diff = a.mu - b.mu
-    prod = torch.from_numpy(a.sigma) @ torch.from_numpy(b.sigma)
-    eig = torch.linalg.eigvals(prod)
-    tr_sqrt = float(eig.sqrt().real.sum())
+    tr_sqrt = trace_sqrt_product(a, b)
     value = float(diff @ diff) + float(np.trace(a.sigma) + np.trace(b.sigma)) - 2.0 * tr_sqrt
     if not math.isfinite(value):
         raise ArithmeticError("FID is not finite; check the features for NaN/inf")
@@ -82,7 +102,8 @@ def kid(real: np.ndarray, fake: np.ndarray, *, subset_size: int | None = None,
             "subsets": subsets, "degree": degree, "seed": seed, "std_kind": "population"}
 
 
-def inception_score(logits: np.ndarray, *, splits: int = 10, seed: int = 0) -> dict[str, float | int]:
+def inception_score(logits: np.ndarray, *, splits: int = 10, seed: int = 0
+                    ) -> dict[str, float | int]:
     """IS = exp(E KL(p(y|x) ‖ p(y))) per split of shuffled samples; mean and sample std over
     splits (torchmetrics' convention). ``logits`` are the unbiased 1008-way logits."""
     lg = torch.from_numpy(np.asarray(logits, dtype=np.float64))

@@ -1,4 +1,4 @@
-"""Inception features of an image set, batched by image size, with an on-disk cache keyed by
+"""Inception features of an image set, in batches mixing any sizes, with an on-disk cache keyed by
 content: the same real set is never pushed through the network twice."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sonoaudit_metrics.inception import RESIZE_MODE, FIDInceptionFeatures
+from sonoaudit_metrics.inception import RESIZE_MODE, FIDInceptionFeatures, to_inception_input
 from sonoaudit_metrics.samples import ImageSample
 
 log = logging.getLogger(__name__)
@@ -30,27 +29,22 @@ def set_key(samples: Sequence[ImageSample], extractor: FIDInceptionFeatures) -> 
     return h.hexdigest()
 
 
-def _batches(samples: Sequence[ImageSample], batch_size: int) -> list[list[int]]:
-    """Indices grouped by image shape (so a batch is one tensor), then cut to ``batch_size``."""
-    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, s in enumerate(samples):
-        by_shape[s.image.shape].append(i)
-    out: list[list[int]] = []
-    for idx in by_shape.values():
-        out.extend(idx[j:j + batch_size] for j in range(0, len(idx), batch_size))
-    return out
-
-
 def compute_features(samples: Sequence[ImageSample], extractor: FIDInceptionFeatures,
                      batch_size: int = 32, progress: bool = True, desc: str = "features"
                      ) -> np.ndarray:
-    """(N, d) float32 features in the order of ``samples``."""
+    """(N, d) float32 features in the order of ``samples``.
+
+    Each image is resized on its own (the resize depends on that image only, so this equals
+    resizing a batch), which lets images of different sizes share full batches.
+    """
     out = np.empty((len(samples), extractor.feature_dim), dtype=np.float32)
     with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
-        for idx in _batches(samples, batch_size):
-            x = torch.from_numpy(np.stack([samples[i].image for i in idx]))[:, None]
-            out[idx] = extractor(x).numpy()
-            bar.update(len(idx))
+        for j in range(0, len(samples), batch_size):
+            chunk = samples[j:j + batch_size]
+            x = torch.cat([to_inception_input(torch.from_numpy(s.image)[None, None])
+                           for s in chunk])
+            out[j:j + len(chunk)] = extractor.forward_prepared(x).numpy()
+            bar.update(len(chunk))
     if not np.isfinite(out).all():
         raise ArithmeticError("Inception features contain NaN/inf")
     return out

@@ -134,8 +134,13 @@ class FIDInceptionFeatures(nn.Module):
         self._net = load_scripted(self.weights_path, self.optimized)
 
     def forward(self, x: Tensor) -> Tensor:
+        """uint8 (N, 1|3, H, W) images → (N, feature_dim) float32 features."""
         with torch.inference_mode():
-            inp = to_inception_input(x)
+            return self.forward_prepared(to_inception_input(x))
+
+    def forward_prepared(self, inp: Tensor) -> Tensor:
+        """Features of images already passed through :func:`to_inception_input`."""
+        with torch.inference_mode():
             if self.optimized:
                 inp = inp.contiguous(memory_format=torch.channels_last)
             if self.feature_dim == 2048:

@@ -58,7 +58,7 @@ def _plot(values: dict[str, dict[str, np.ndarray]], store: FileStore) -> dict[st
         bins = np.histogram_bin_edges(both, bins=min(20, max(5, both.size // 4)))
         for side, colour in (("real", "tab:blue"), ("synthetic", "tab:orange")):
             if sides[side].size:
-                ax.hist(sides[side], bins=bins, alpha=0.55, density=True, color=colour,
+                ax.hist(sides[side], bins=bins.tolist(), alpha=0.55, density=True, color=colour,
                         label=f"{side} (n={sides[side].size})")
         ax.set_xlabel(feat.replace("_", " "))
         ax.set_ylabel("density")

@@ -6,9 +6,9 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sonoaudit.db.models import MetricRun
 from sqlalchemy import select
 
-from sonoaudit.db.models import MetricRun
 from sonoaudit_metrics.config import MetricsSettings
 from sonoaudit_metrics.samples import SampleError, load_ref
 from sonoaudit_metrics.scoring import ScoreOptions, score_sets

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from sonoaudit.datasets.records import CLASSES
 
 if TYPE_CHECKING:
@@ -117,8 +116,6 @@ def load_dir(path: Path) -> tuple[list[ImageSample], str]:
 def load_store(ctx: AppContext, ref: str, class_label: str | None = None
                ) -> tuple[list[ImageSample], str]:
     """Images of a dataset id (real) or a generation run id (synthetic) in the results store."""
-    from sqlalchemy import select
-
     from sonoaudit.datasets.imageio import (
         ImageReadError,
         binarize,
@@ -127,6 +124,7 @@ def load_store(ctx: AppContext, ref: str, class_label: str | None = None
         to_grey,
     )
     from sonoaudit.db.models import Dataset, GenerationRun, Image
+    from sqlalchemy import select
 
     with ctx.sessions() as s:
         if s.get(Dataset, ref) is not None:

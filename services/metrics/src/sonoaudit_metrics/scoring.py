@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-
 from sonoaudit.provenance import provenance
+
 from sonoaudit_metrics.checks import FEATURE_THRESHOLD, SSIM_THRESHOLD, diversity, memorisation
 from sonoaudit_metrics.distances import frechet_distance, gaussian_stats, inception_score, kid, prdc
 from sonoaudit_metrics.features import FeatureCache, features_for
@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 SCHEMA = "sonoaudit.metrics/1"
 FID_RELIABLE_N = 2048
 FID_NOTE = ("FID depends strongly on n (biased upwards for small sets): compare FID values only "
-            "at equal n_real and n_synthetic; KID is unbiased and the primary number for small sets")
+            "at equal n_real and n_synthetic; KID is unbiased and the primary number for small "
+            "sets")
 
 
 @dataclass
