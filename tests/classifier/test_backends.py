@@ -107,6 +107,11 @@ async def test_gemini_rejected_key_is_fatal(fake_gemini: FakeGeminiServer, image
         await _answer(_gemini(fake_gemini), image)
     assert info.value.fatal and info.value.status == 401
     assert len(fake_gemini.requests) == 1  # no retries on a bad key
+    # Google's answer to a wrong key is a 400 "API key not valid": fatal too, not per image.
+    with pytest.raises(CallError) as info:
+        await _answer(_gemini(fake_gemini, GEMINI_API_KEY=fake_gemini.rejected_key), image)
+    assert info.value.fatal and "API key not valid" in str(info.value)
+    assert len(fake_gemini.requests) == 1  # rejected before the handler records a request
 
 
 @pytest.mark.parametrize("script, status, attempts, reason", [

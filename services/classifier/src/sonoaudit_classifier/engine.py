@@ -114,12 +114,26 @@ class Classifier:
 
         return await call_with_retries(attempt, self.policy, self.limiter, stats)
 
+    async def finish(self, inp: ModelInput, prompt: Prompt, replicate: int,
+                     first: RawAnswer) -> Outcome:
+        """Decide on an answer obtained outside this engine (a Gemini batch job): the same
+        validation, and the one repair request goes through a normal call."""
+        seed = self.seed_for(replicate)
+        stats = CallStats(attempts=1)
+        began = time.perf_counter()
+        out = await self._answer(inp, prompt, seed, stats, first=first)
+        out.seed, out.attempts, out.errors = seed, stats.attempts, stats.errors
+        out.latency_ms = round(stats.call_s * 1000, 3) if stats.call_s else None
+        out.wall_ms = round((time.perf_counter() - began) * 1000, 3)
+        return out
+
     async def _answer(self, inp: ModelInput, prompt: Prompt, seed: int | None,
-                      stats: CallStats) -> Outcome:
-        try:
-            first = await self._call(inp, prompt, seed, stats)
-        except RetriesExhausted as exc:
-            return Outcome("error", reason=str(exc))
+                      stats: CallStats, first: RawAnswer | None = None) -> Outcome:
+        if first is None:
+            try:
+                first = await self._call(inp, prompt, seed, stats)
+            except RetriesExhausted as exc:
+                return Outcome("error", reason=str(exc))
         out = _from_answer(first)
         if (why := abstain_reason(first)) is not None:
             out.status, out.reason = "abstain", why

@@ -46,9 +46,11 @@ FATAL_STATUS = frozenset({401, 403, 404})
 
 
 def classify_status(status: int, message: str, retry_after_s: float | None) -> CallError:
+    # Google answers a wrong key with 400 INVALID_ARGUMENT "API key not valid", not 401.
+    bad_key = status == 400 and "api key not valid" in message.lower()
     return CallError(
         f"HTTP {status}: {message}"[:2000], status=status,
-        retryable=status in RETRYABLE_STATUS, fatal=status in FATAL_STATUS,
+        retryable=status in RETRYABLE_STATUS, fatal=status in FATAL_STATUS or bad_key,
         retry_after_s=retry_after_s,
     )
 

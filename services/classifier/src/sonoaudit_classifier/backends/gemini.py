@@ -113,12 +113,29 @@ class GeminiBackend:
             thinking_config=thinking,
         )
 
-    async def generate(self, inp: ModelInput, prompt: Prompt, *, seed: int | None,
-                       repair: tuple[str, str] | None = None) -> RawAnswer:
-        contents: list[types.Content] = [types.Content(role="user", parts=[
+    def _contents(self, inp: ModelInput, prompt: Prompt) -> list[types.Content]:
+        return [types.Content(role="user", parts=[
             types.Part.from_bytes(data=inp.data, mime_type=inp.mime_type),
             types.Part.from_text(text=prompt.task),
         ])]
+
+    def inline_request(self, inp: ModelInput, prompt: Prompt, seed: int | None,
+                       key: str) -> types.InlinedRequest:
+        """The same request as :meth:`generate`, for a Gemini batch job, tagged with ``key``."""
+        return types.InlinedRequest(contents=self._contents(inp, prompt),
+                                    config=self._config(prompt, seed), metadata={"key": key})
+
+    @property
+    def batches(self) -> Any:
+        """The SDK's async batch API (``client.aio.batches``)."""
+        return self._client.aio.batches
+
+    def answer_of(self, resp: types.GenerateContentResponse) -> RawAnswer:
+        return self._answer(resp)
+
+    async def generate(self, inp: ModelInput, prompt: Prompt, *, seed: int | None,
+                       repair: tuple[str, str] | None = None) -> RawAnswer:
+        contents = self._contents(inp, prompt)
         if repair is not None:
             previous, problem = repair
             contents.append(types.Content(role="model",

@@ -120,11 +120,21 @@ class _FakeBase:
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
 
+            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+                self._serve(b"", get=True)
+
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
+                self._serve(self.rfile.read(length))
+
+            def _serve(self, body: bytes, get: bool = False) -> None:
                 try:
-                    status, headers, payload = fake._handle(self.path, dict(self.headers), body)
+                    if get:
+                        status, headers, payload = fake._handle_get(self.path,
+                                                                    dict(self.headers))
+                    else:
+                        status, headers, payload = fake._handle(self.path, dict(self.headers),
+                                                                body)
                 except Exception as exc:  # a bug in the fake must be visible, not a hang
                     status, headers, payload = 599, {}, {"error": repr(exc)}
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -162,6 +172,9 @@ class _FakeBase:
                 body: bytes) -> tuple[int, dict[str, str], Any]:
         raise NotImplementedError
 
+    def _handle_get(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        return 404, {}, {"error": {"code": 404, "message": f"no route GET {path}"}}
+
 
 def _b64(data: str) -> bytes:
     """The SDK sends URL-safe base64; other clients send the standard alphabet."""
@@ -176,15 +189,72 @@ def _error(code: int, status: str, message: str,
 
 
 class FakeGeminiServer(_FakeBase):
+    """Also serves Gemini Batch mode: ``POST .../models/{m}:batchGenerateContent`` (inline
+    requests; each answered like a generateContent call, scripts included) and
+    ``GET .../batches/{id}`` (RUNNING for ``batch_polls`` polls, then ``batch_final_state``)."""
+
     kind = "gemini"
+    batch_polls = 1
+    batch_final_state = "BATCH_STATE_SUCCEEDED"
+    rejected_key = "rejected-key"  # answered like Google answers a wrong key (400)
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.batch_jobs: dict[str, dict[str, Any]] = {}
 
     def _handle(self, path: str, headers: dict[str, str],
                 body: bytes) -> tuple[int, dict[str, str], Any]:
+        key = next((v for k, v in headers.items() if k.lower() == "x-goog-api-key"), "")
+        if not key:
+            return 401, {}, _error(401, "UNAUTHENTICATED", "API key missing")
+        if key == self.rejected_key:
+            return 400, {}, _error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a "
+                                   "valid API key.")
+        if ":batchGenerateContent" in path:
+            return self._create_batch(path, json.loads(body))
         if ":generateContent" not in path:
             return 404, {}, _error(404, "NOT_FOUND", f"no route {path}")
-        if not any(k.lower() == "x-goog-api-key" and v for k, v in headers.items()):
-            return 401, {}, _error(401, "UNAUTHENTICATED", "API key missing")
-        req = json.loads(body)
+        return self._generate(path, json.loads(body))
+
+    def _create_batch(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        batch = body.get("batch", {})
+        entries = batch.get("inputConfig", {}).get("requests", {}).get("requests", [])
+        if not entries:
+            return 400, {}, _error(400, "INVALID_ARGUMENT", "batch: no inline requests")
+        out = []
+        for entry in entries:  # answered now, revealed when the job "finishes"
+            status, _, payload = self._generate(path, entry["request"])
+            item: dict[str, Any] = {"metadata": entry.get("metadata", {})}
+            if status == 200:
+                item["response"] = payload
+            else:
+                item["error"] = {"code": status, "message": payload["error"]["message"]}
+            out.append(item)
+        with self._lock:
+            name = f"batches/fake-{len(self.batch_jobs) + 1}"
+            self.batch_jobs[name] = {"polls": 0, "responses": out,
+                                     "display_name": batch.get("displayName")}
+        model = path.split("/models/", 1)[1].split(":", 1)[0]
+        return 200, {}, {"name": name, "metadata": {
+            "model": f"models/{model}", "displayName": batch.get("displayName"),
+            "state": "BATCH_STATE_PENDING"}}
+
+    def _handle_get(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        name = "batches/" + path.split("/batches/", 1)[-1].split("?", 1)[0]
+        with self._lock:
+            job = self.batch_jobs.get(name)
+            if job is None:
+                return 404, {}, _error(404, "NOT_FOUND", f"no batch {name}")
+            job["polls"] += 1
+            done = job["polls"] > self.batch_polls
+        meta: dict[str, Any] = {"displayName": job["display_name"],
+                                "state": self.batch_final_state if done else
+                                "BATCH_STATE_RUNNING"}
+        if done and self.batch_final_state == "BATCH_STATE_SUCCEEDED":
+            meta["output"] = {"inlinedResponses": {"inlinedResponses": job["responses"]}}
+        return 200, {}, {"name": name, "metadata": meta}
+
+    def _generate(self, path: str, req: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
         image: bytes | None = None
         texts: list[str] = []
         for content in req.get("contents", []):
