@@ -1,0 +1,38 @@
+"""Small builders shared by the metrics tests: drawn images/masks and pair folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from sonoaudit_metrics.samples import ImageSample
+
+
+def disc_mask(size: int, cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def speckle_sample(name: str, seed: int, size: int = 64, label: str | None = None,
+                   lesion: bool = True) -> ImageSample:
+    """A speckle-like grey image with a dark (hypoechoic) disc lesion and its mask."""
+    rng = np.random.default_rng(seed)
+    img = rng.gamma(2.0, 40.0, size=(size, size))
+    mask = disc_mask(size, size / 2 + rng.integers(-8, 8), size / 2 + rng.integers(-8, 8),
+                     size / 6 + rng.integers(0, 4))
+    if lesion:
+        img[mask] *= 0.3
+    return ImageSample(name, np.clip(img, 0, 255).astype(np.uint8), mask, label,
+                       source=f"drawn:{name}")
+
+
+def write_pairs(root: Path, samples: list[ImageSample]) -> Path:
+    """A generator-style folder: <name>_image.png + <name>_mask.png (class subfolder if known)."""
+    for s in samples:
+        d = root / s.class_label if s.class_label else root
+        d.mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(s.image).save(d / f"{s.name}_image.png")
+        if s.mask is not None:
+            PILImage.fromarray(s.mask.astype(np.uint8) * 255).save(d / f"{s.name}_mask.png")
+    return root
