@@ -67,6 +67,19 @@ def test_cli_classifies_a_folder(tmp_path: Path, busbra_sample: Path,
                                           "2", "--prompt-version", "mine"])
         assert "self-agreement over 2 replicates: Fleiss kappa" in result.output
         assert len(server.requests) == 12
+        # Gemini Batch mode: a third replicate for each image in one batch job.
+        monkeypatch.setenv("SONOAUDIT_GEMINI_BATCH_POLL_S", "0.01")
+        result = CliRunner().invoke(app, ["classify", "--images", str(folder), "--json",
+                                          "--replicates", "3", "--prompt-version", "mine",
+                                          "--gemini-batch"])
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.stdout[result.stdout.index("{"):])
+        assert len(server.batch_jobs) == 1 and len(server.requests) == 16
+        third = [a for a in out["answers"] if a["replicate"] == 2]
+        assert [(a["status"], a["label"]) for a in third] == [("ok", u) for u in usual]
+        result = CliRunner().invoke(app, ["classify", "--images", str(folder), "--backend",
+                                          "openai", "--gemini-batch"])
+        assert result.exit_code == 2 and "needs the gemini backend" in result.output
         result = CliRunner().invoke(app, ["classify", "--images", str(folder),
                                           "--prompt-version", "v7"])
         assert result.exit_code == 2 and "'v7' not found" in result.output

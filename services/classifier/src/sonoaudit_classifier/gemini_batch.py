@@ -79,7 +79,8 @@ def _chunks(todo: list[tuple[int, ModelInput]]) -> list[list[tuple[int, ModelInp
 async def aclassify_gemini_batch(
     ctx: AppContext, items: Sequence[Item], *, settings: ClassifierSettings,
     condition: str = "image", replicates: int = 1, prompt_version: str | None = None,
-    job_id: str | None = None, poll_s: float = 30.0, timeout_s: float = 48 * 3600.0,
+    job_id: str | None = None, poll_s: float | None = None,
+    timeout_s: float = 48 * 3600.0,
 ) -> list[LLMClassification]:
     """Like :func:`~sonoaudit_classifier.batch.aclassify_items` through Gemini Batch mode."""
     if replicates < 1:
@@ -90,6 +91,7 @@ async def aclassify_gemini_batch(
         unmasked = [it.name for it in items if not it.has_mask]
         if unmasked:
             raise MissingMasks(condition, unmasked)
+    poll = poll_s if poll_s is not None else settings.gemini_batch_poll_s
     backend = GeminiBackend(settings)
     clf = Classifier(backend, settings)
     try:
@@ -128,7 +130,7 @@ async def aclassify_gemini_batch(
                 keep(i, Outcome("error", reason=f"bad input {it.name}: {got}"), {})
         try:
             for chunk in _chunks(sorted(inputs.items())):
-                await _run_job(clf, backend, prompt, chunk, todo, keep, poll_s, timeout_s)
+                await _run_job(clf, backend, prompt, chunk, todo, keep, poll, timeout_s)
         finally:  # answers of jobs that ended are kept even when a later job fails
             await asyncio.to_thread(save_many, ctx.sessions, pending)
         after = existing(ctx.sessions, [k for _, k in pairs])

@@ -35,6 +35,7 @@ class ClassifierSettings(BaseSettings):
     seed: int | None = Field(default=0, description="Base seed; replicate r sends seed + r.")
     thinking_budget: int | None = Field(default=None, ge=-1)
     max_output_tokens: int = Field(default=8192, ge=64)
+    gemini_batch_poll_s: float = Field(default=30.0, gt=0, description="Batch mode: poll interval.")
 
     # OpenAI-compatible (vLLM, Ollama, ...)
     openai_base_url: str | None = Field(default=None, description="e.g. http://localhost:8000/v1")

@@ -55,6 +55,9 @@ def register(app: typer.Typer) -> None:
         prompt_version: str | None = typer.Option(
             None, "--prompt-version", help="Prompt template set (default: "
             "SONOAUDIT_PROMPT_VERSION or v1; own sets in SONOAUDIT_PROMPT_DIR)."),
+        gemini_batch: bool = typer.Option(
+            False, "--gemini-batch", help="Gemini Batch mode: half price, waits until Google "
+            "finishes the job (up to 24 h). Large runs only."),
         as_json: bool = typer.Option(False, "--json",
                                      help="Print {answers, self_agreement} as JSON."),
     ) -> None:
@@ -69,8 +72,10 @@ def register(app: typer.Typer) -> None:
             aclassify_images,
             aclassify_items,
             items_from_files,
+            items_from_images,
         )
         from sonoaudit_classifier.consistency import self_agreement
+        from sonoaudit_classifier.gemini_batch import BatchTimeout, aclassify_gemini_batch
         from sonoaudit_classifier.prompts import CONDITIONS, PromptChanged, UnknownPrompt
         from sonoaudit_classifier.settings import (
             BackendNotConfigured,
@@ -81,6 +86,8 @@ def register(app: typer.Typer) -> None:
         if condition not in CONDITIONS:
             fail(f"--condition {condition!r}: expected one of {', '.join(CONDITIONS)}")
         settings = ClassifierSettings()
+        if gemini_batch and (backend or settings.llm_backend) != "gemini":
+            fail("--gemini-batch needs the gemini backend")
         path = Path(images)
         ctx = context()
         try:
@@ -88,20 +95,26 @@ def register(app: typer.Typer) -> None:
                 pairs = _folder_pairs(path)
                 if not pairs:
                     fail(f"--images {images}: no image files (.png/.jpg/.webp) in this folder")
-                coro: Any = aclassify_items(
+                coro: Any = (aclassify_gemini_batch(
+                    ctx, items_from_files(pairs), settings=settings, condition=condition,
+                    replicates=replicates, prompt_version=prompt_version) if gemini_batch
+                    else aclassify_items(
                     ctx, items_from_files(pairs), settings=settings, backend=backend,
-                    condition=condition, replicates=replicates, prompt_version=prompt_version)
+                    condition=condition, replicates=replicates, prompt_version=prompt_version))
             else:
                 ids = _ids_for(images)
                 if ids is None:
                     fail(f"--images {images}: neither a folder nor a generation-run/dataset id "
                          "with images in the results store")
-                coro = aclassify_images(ctx, ids, settings=settings, backend=backend,
-                                        condition=condition, replicates=replicates,
-                                        prompt_version=prompt_version)
+                coro = (aclassify_gemini_batch(
+                    ctx, items_from_images(ctx, ids), settings=settings, condition=condition,
+                    replicates=replicates, prompt_version=prompt_version) if gemini_batch
+                    else aclassify_images(ctx, ids, settings=settings, backend=backend,
+                                          condition=condition, replicates=replicates,
+                                          prompt_version=prompt_version))
             rows = asyncio.run(coro)
         except (UnknownBackend, BackendNotConfigured, UnknownImages, MissingMasks,
-                UnknownPrompt, PromptChanged, BackendFailed) as exc:
+                UnknownPrompt, PromptChanged, BackendFailed, BatchTimeout) as exc:
             fail(str(exc))
         finally:
             ctx.close()
