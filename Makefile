@@ -32,6 +32,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy
 
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# Offline checks of docker-compose.yml and deploy/k8s (yamllint, compose spec, kustomize +
+# kubernetes-validate --strict); needs kubectl (Debian: kubernetes-client, installed by .ci/run).
+lint-deploy: $(STAMP)
+	VENV_BIN=$(BIN) deploy/lint.sh
+
 schemas: $(STAMP)
 	$(BIN)/sonoaudit schemas --out proto
 
