@@ -59,3 +59,59 @@ def test_all_stratum_equals_direct_call_and_abstention_counts_wrong() -> None:
     rep = llm["accuracy"]["strata"]["all"]["raters"]["replicate 0"]
     assert rep["n"] == 30 and rep["n_no_answer"] == 1
     assert rep["accuracy"].value == pytest.approx(29 / 30)  # all others are right
+
+
+@pytest.mark.filterwarnings("ignore:.*cohen_kappa_score. is undefined")
+def test_reader_vs_llm_kappa_equals_sklearn_per_stratum_with_difference() -> None:
+    from sklearn.metrics import cohen_kappa_score
+
+    data = study(n=40)
+    # A second replicate that disagrees on every third item: consensus ties there -> no answer.
+    extra = [dict(c, replicate=1, label=C[(C.index(c["label"]) + 1) % 3] if k % 3 == 0
+                  else c["label"]) for k, c in enumerate(data.llm) if c["status"] == "ok"]
+    data.llm.extend(extra)
+    out = analyse_study(data, n_boot=50, seed=1)
+    (llm,) = out["llm"].values()
+    truth = {it["image_id"]: it for it in data.items}
+    consensus: dict[str, str | None] = {}
+    for it in data.items:
+        labels = [c["label"] for c in data.llm if c["image_id"] == it["image_id"]
+                  and c["status"] == "ok"]
+        consensus[it["item"]] = labels[0] if labels and len(set(labels)) == 1 else None
+    assert sum(v is None for v in consensus.values()) > 5  # ties and the abstention
+    rvl = llm["reader_vs_llm_strata"]
+    for label, src in (("all", None), ("source=real", "real"), ("source=synthetic", "synthetic")):
+        for p in rvl["strata"][label]["pairs"]:
+            ans = {a["item"]: a["answer"] for a in data.answers if a["reader"] == p["rater_a"]}
+            both = [i for i, v in consensus.items() if v is not None and i in ans
+                    and (src is None or truth[f"img{i[1:]}"]["source"] == src)]
+            ref = cohen_kappa_score([ans[i] for i in both], [consensus[i] for i in both],
+                                    labels=C)
+            assert p["n"] == len(both)
+            if np.isnan(ref):  # real items here are all malignant: one category, undefined
+                assert p["_estimate"].value is None and p["reason"] == "single_category"
+            else:
+                assert p["_estimate"].value == pytest.approx(ref, abs=1e-12), (label, p["rater_a"])
+    for k, p in enumerate(rvl["strata"]["all"]["pairs"]):
+        d = rvl["real_minus_synthetic"]["all"][f"pairs/{p['rater_a']}~LLM"]
+        real = rvl["strata"]["source=real"]["pairs"][k]["_estimate"]
+        synth = rvl["strata"]["source=synthetic"]["pairs"][k]["_estimate"]
+        if real.value is None or synth.value is None:
+            assert d.value is None and "group" in d.reason
+        else:
+            assert d.value == pytest.approx(real.value - synth.value, abs=1e-12)
+            assert d.n == real.n + synth.n and d.n_boot == 50
+
+
+def test_majority_vote_ties_get_their_own_column() -> None:
+    from sonoaudit_raters.stats.accuracy import accuracy
+
+    rows = [{"item": "1", "rater": "a", "value": "benign"},
+            {"item": "1", "rater": "b", "value": "malignant"},
+            {"item": "2", "rater": "a", "value": "benign"},
+            {"item": "2", "rater": "b", "value": "benign"}]
+    res = accuracy(from_long(rows, scale=C), ["malignant", "benign"], n_boot=0)
+    cm = res["majority_vote"]["confusion"]
+    assert cm["cols_answer"] == [*C, "tie (no majority)"]
+    assert cm["counts"] == [[1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+    assert res["majority_vote"]["accuracy"].value == pytest.approx(1 / 2)

@@ -72,6 +72,15 @@ def test_every_section_is_filled(report, built: BuiltStudy) -> None:  # type: ig
     assert j["llm_match"]["ground_truth=benign"]["n"] > 0
     assert llm["replicate_agreement"]["krippendorff_alpha"]["value"] is not None
     assert set(llm["reader_vs_llm_by_source"]) == {"real", "synthetic"}
+    rvl = llm["reader_vs_llm_strata"]
+    assert {"ground_truth=benign", "ground_truth=malignant&source=real"} <= set(rvl["strata"])
+    d = rvl["real_minus_synthetic"]["all"]["pairs/reader 1~LLM"]
+    r1 = [rvl["strata"][f"source={s}"]["pairs"][0]["value"] for s in ("real", "synthetic")]
+    assert d["value"] == pytest.approx(r1[0] - r1[1]) and d["ci95"] is not None
+    assert "ground_truth=benign" in llm["replicate_agreement_strata"]["strata"]
+    assert acc["majority_vote"]["confusion"]["cols_answer"][-1] == "tie (no majority)"
+    # Answers on repeated items are second readings: left out of the summary, and counted.
+    assert j["llm_match"]["all"]["n_repeat_answers_left_out"] == 4 * 4
     intra = j["intra_reader"]
     assert intra["pooled"]["n"] == sum(p["n"] for p in intra["readers"].values()) > 0
     assert j["n_repeat_items"] == 4
@@ -86,6 +95,8 @@ def test_every_section_is_filled(report, built: BuiltStudy) -> None:  # type: ig
     json.dumps(j, allow_nan=False)
     rows = list(csv.DictReader(report.csv.splitlines()))
     assert any(r["stratum"].startswith("real-synthetic") for r in rows)
+    assert any(r["section"].startswith("reader_vs_llm:") and r["stratum"] == "real-synthetic:all"
+               for r in rows)
     assert all(r["n"] != "" for r in rows)
     html = report.html
     assert "SIMULATED reader panel" in html

@@ -5,6 +5,7 @@ synthetic, class, dataset, class × source) with real − synthetic differences.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -197,20 +198,27 @@ def analyse_study(data: StudyData, *, n_boot: int = 2000, seed: int = 0,
         }
         reps = [r for r in t.raters if r.startswith("replicate ")]
         if len(reps) >= 2:
-            entry["replicate_agreement"] = agreement(t.select_raters(reps), n_boot=n_boot,
-                                                     seed=seed)
-        if cls_t is not None:
-            entry["reader_vs_llm"] = _reader_vs_llm(cls_t, t, n_boot, seed)
+            rep_strata = by_strata(t.select_raters(reps),
+                                   lambda tt, s: agreement(tt, n_boot=n_boot, seed=s), seed)
+            entry["replicate_agreement_strata"] = rep_strata
+            entry["replicate_agreement"] = rep_strata["strata"]["all"]
+        if cls_t is not None and "consensus" in t.raters:
+            combined = _with_llm_column(cls_t, t)
+            rvl = by_strata(combined, _reader_vs_llm_analysis(cls_t.raters, n_boot), seed)
+            entry["reader_vs_llm_strata"] = rvl
+            entry["reader_vs_llm"] = rvl["strata"]["all"]["pairs"]
             entry["reader_vs_llm_by_source"] = {
-                src: _reader_vs_llm(cls_t.subset(np.array(cls_t.attrs["source"]) == src), t,
-                                    n_boot, seed + 1 + k)
-                for k, src in enumerate(("real", "synthetic"))
-                if src in cls_t.attrs["source"]}
+                src: rvl["strata"][f"source={src}"]["pairs"] for src in ("real", "synthetic")
+                if f"source={src}" in rvl["strata"]}
         out["llm"][key] = entry
-    match = [a for a in data.answers if a["question"] == keys["llm_match"]]
+    # Repeated items are a second reading of an image already counted: left out, as in the
+    # inter-reader statistics, so that no image weighs twice.
+    base = {i["item"]: i for i in data.items if not i["repeat_of"]}
+    match_all = [a for a in data.answers if a["question"] == keys["llm_match"]]
+    match = [a for a in match_all if a["item"] in base]
     if match:
-        base = {i["item"]: i for i in data.items}
         summary: dict[str, Any] = {"all": match_summary([a["answer"] for a in match])}
+        summary["all"]["n_repeat_answers_left_out"] = len(match_all) - len(match)
         for src in ("real", "synthetic"):
             summary[f"source={src}"] = match_summary(
                 [a["answer"] for a in match if base[a["item"]]["source"] == src])
@@ -233,18 +241,20 @@ def analyse_study(data: StudyData, *, n_boot: int = 2000, seed: int = 0,
     return out
 
 
-def _reader_vs_llm(readers: RatingTable, llm: RatingTable, n_boot: int, seed: int
-                   ) -> list[dict[str, Any]]:
-    """Cohen's kappa of each reader against the LLM consensus on the items both answered."""
-    if "consensus" not in llm.raters:
-        return []
+def _reader_vs_llm_analysis(readers: list[str], n_boot: int
+                            ) -> Callable[[RatingTable, int], dict[str, Any]]:
+    pairs = [(r, "LLM") for r in readers]
+    return lambda t, seed: {"pairs": pairwise_kappa(t, pairs=pairs, n_boot=n_boot, seed=seed)}
+
+
+def _with_llm_column(readers: RatingTable, llm: RatingTable) -> RatingTable:
+    """The readers' table plus one rater "LLM" (the replicates' consensus; no answer = missing),
+    for Cohen's kappa of each reader against the LLM on the items both answered."""
     cons = dict(zip(llm.items, llm.codes[:, llm.raters.index("consensus")].tolist(),
                     strict=True))
     col = np.array([cons.get(it, -1) for it in readers.items], dtype=np.int64)
-    combined = RatingTable(list(readers.items), [*readers.raters, "LLM"], list(readers.categories),
-                           np.column_stack([readers.codes, col]), "nominal", dict(readers.attrs))
-    return pairwise_kappa(combined, pairs=[(r, "LLM") for r in readers.raters],
-                          n_boot=n_boot, seed=seed)
+    return RatingTable(list(readers.items), [*readers.raters, "LLM"], list(readers.categories),
+                       np.column_stack([readers.codes, col]), "nominal", dict(readers.attrs))
 
 
 def intra_reader(data: StudyData, question: str, classes: list[str], n_boot: int,

@@ -72,15 +72,10 @@ def csv_rows(analysis: dict[str, Any]) -> list[dict[str, Any]]:
             add_strata(section, analysis[section])
     for key, entry in analysis.get("llm", {}).items():
         add_strata(f"llm_accuracy:{key}", entry["accuracy"])
-        for p in entry.get("reader_vs_llm", []):
-            add(f"reader_vs_llm:{key}", "all", {f"kappa/{p['rater_a']}": p["_estimate"]})
-        for src, pairs in entry.get("reader_vs_llm_by_source", {}).items():
-            for p in pairs:
-                add(f"reader_vs_llm:{key}", f"source={src}",
-                    {f"kappa/{p['rater_a']}": p["_estimate"]})
-        if "replicate_agreement" in entry:
-            add(f"llm_replicate_agreement:{key}", "all",
-                flatten_estimates(entry["replicate_agreement"]))
+        if "reader_vs_llm_strata" in entry:
+            add_strata(f"reader_vs_llm:{key}", entry["reader_vs_llm_strata"])
+        if "replicate_agreement_strata" in entry:
+            add_strata(f"llm_replicate_agreement:{key}", entry["replicate_agreement_strata"])
     intra = analysis.get("intra_reader")
     if intra:
         add("intra_reader", "all", {"kappa/pooled": intra["pooled"]["_estimate"]})

@@ -69,7 +69,9 @@ def _add_rater(feats: Features, key: str, pred: NDArray[np.int64], truth: NDArra
 
 def _result(sums: Any, key: str, table: RatingTable, pred: NDArray[np.int64],
             truth: NDArray[np.int64], eligible: NDArray[np.bool_], pos: int | None,
-            with_missing_column: bool) -> dict[str, Any]:
+            missing_label: str | None) -> dict[str, Any]:
+    """``missing_label``: the confusion-matrix column for eligible items without an answer
+    ("no answer" for an abstaining rater, "tie" for the majority vote), or None."""
     n = int(sums[f"{key}.n"][0, 0])
     why = "no_items_with_answer_and_ground_truth"
     out: dict[str, Any] = {
@@ -91,14 +93,14 @@ def _result(sums: Any, key: str, table: RatingTable, pred: NDArray[np.int64],
                                                sums[f"{key}.neg_n"][:, 0]),
                                       lambda: "no_items_outside_the_positive_class", nn)
     q = table.q
-    cm = np.zeros((q, q + int(with_missing_column)), dtype=np.int64)
+    cm = np.zeros((q, q + int(missing_label is not None)), dtype=np.int64)
     for i in np.nonzero(eligible)[0]:
         col = pred[i] if pred[i] != MISSING else q
         if col < cm.shape[1]:
             cm[truth[i], col] += 1
     out["confusion"] = {"rows_truth": list(table.categories),
                         "cols_answer": list(table.categories) + (
-                            ["no answer"] if with_missing_column else []),
+                            [missing_label] if missing_label is not None else []),
                         "counts": cm.tolist()}
     return out
 
@@ -135,11 +137,13 @@ def accuracy(table: RatingTable, truth: Sequence[str | None], *,
     for j, rater in enumerate(table.raters):
         pred = table.codes[:, j]
         elig = has_truth if missing == "wrong" else has_truth & (pred != MISSING)
-        res = _result(sums, f"r{j}", table, pred, t, elig, pos, missing == "wrong")
+        res = _result(sums, f"r{j}", table, pred, t, elig, pos,
+                      "no answer" if missing == "wrong" else None)
         res["n_no_answer"] = int((elig & (pred == MISSING)).sum())
         out["raters"][rater] = res
     if majority:
-        res = _result(sums, "mv", table, mv_pred, t, mv_elig, pos, tie_policy == "wrong")
+        res = _result(sums, "mv", table, mv_pred, t, mv_elig, pos,
+                      "tie (no majority)" if tie_policy == "wrong" else None)
         res["tie_policy"] = tie_policy
         res["tie_policy_text"] = TIE_POLICIES[tie_policy]
         res["n_ties"] = int((tie & has_truth).sum())
