@@ -103,3 +103,23 @@ def test_row_order_does_not_change_the_cis() -> None:
     r1 = public(agreement(from_long(rows), n_boot=200, seed=2))
     r2 = public(agreement(from_long(rows[::-1]), n_boot=200, seed=2))
     assert r1 == r2
+
+
+def test_cluster_bootstrap_resamples_whole_clusters() -> None:
+    """Each item copied twice into one cluster: kappa is unchanged by doubling, and resampling
+    the clusters draws exactly what resampling the original items draws (same seed), so the
+    replicates are equal; a row bootstrap of the copies would be too narrow."""
+    from sonoaudit_raters.stats import pairwise_kappa
+
+    base = rows_of({"a": list("xxyyzxyzxyxxzy"), "b": list("xyyyzxyzxxxyzz")})
+    doubled = [dict(r, item=f"{r['item']}#{k}", image=str(r["item"])) for r in base
+               for k in (0, 1)]
+    ref = pairwise_kappa(from_long(base), n_boot=300, seed=4)[0]["_estimate"]
+    t2 = from_long(doubled, attrs=("image",))
+    clustered = pairwise_kappa(t2, n_boot=300, seed=4, cluster_attr="image")[0]["_estimate"]
+    rows_only = pairwise_kappa(t2, n_boot=300, seed=4)[0]["_estimate"]
+    assert clustered.value == pytest.approx(ref.value, abs=1e-12)
+    # Item ids sort differently from "i#k" labels, so compare distributions, not order.
+    assert np.sort(clustered.replicates) == pytest.approx(np.sort(ref.replicates), abs=1e-6)
+    width = np.diff(clustered.ci95())[0]
+    assert np.diff(rows_only.ci95())[0] < 0.85 * width

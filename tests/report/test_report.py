@@ -83,10 +83,15 @@ def test_every_section_is_filled(report, built: BuiltStudy) -> None:  # type: ig
     assert j["llm_match"]["all"]["n_repeat_answers_left_out"] == 4 * 4
     intra = j["intra_reader"]
     assert intra["pooled"]["n"] == sum(p["n"] for p in intra["readers"].values()) > 0
+    assert intra["n_images"] == 4
+    assert intra["strata"]["strata"]["all"]["pooled"]["value"] == intra["pooled"]["value"]
+    assert "source=real" in intra["strata"]["strata"]
     assert j["n_repeat_items"] == 4
     # Repeats stay out of the inter-reader statistics.
     assert j["class_agreement"]["n_items"]["all"] == built.n_items
     assert j["metrics"][0]["fid"] == 63.2 and j["metrics"][0]["is"] is None
+    assert [(m["dataset"], m["class"], m["fid"]) for m in j["metrics"]] == [
+        ("BUS-BRA sample", "all", 63.2), ("BUS-BRA sample", "benign", 80.1)]
     assert {"image_grid", "memorisation_pairs", "confidence_histogram",
             "class_agreement_forest", "accuracy_real_vs_synthetic",
             "confusion_majority", "confusion_llm1"} <= set(report.figures)

@@ -260,7 +260,10 @@ def _with_llm_column(readers: RatingTable, llm: RatingTable) -> RatingTable:
 def intra_reader(data: StudyData, question: str, classes: list[str], n_boot: int,
                  seed: int) -> dict[str, Any] | None:
     """Each reader against themself on repeated items (first reading vs repeat), per reader
-    and pooled over readers (units = reader × item)."""
+    and pooled over readers (units = reader × image). The pooled CIs resample whole images
+    (a cluster bootstrap): one image's units for several readers are not independent. Pooled
+    kappa is also given by stratum (source, class, dataset) with real − synthetic."""
+    originals = {i["item"]: i for i in data.items if not i["repeat_of"]}
     key_of_original = {i["item"]: i["repeat_of"] for i in data.items if i["repeat_of"]}
     answers = {(a["reader"], a["item"]): a["answer"] for a in data.answers
                if a["question"] == question}
@@ -270,14 +273,22 @@ def intra_reader(data: StudyData, question: str, classes: list[str], n_boot: int
         if original is None or (reader, original) not in answers:
             continue
         unit = f"{reader}|{original}"
+        attrs = {"reader": reader, "image": original,
+                 **{k: originals[original][k] if original in originals else None
+                    for k in ATTRS}}
         rows.append({"item": unit, "rater": "first reading",
-                     "value": answers[(reader, original)], "reader": reader})
-        rows.append({"item": unit, "rater": "repeat", "value": value, "reader": reader})
+                     "value": answers[(reader, original)], **attrs})
+        rows.append({"item": unit, "rater": "repeat", "value": value, **attrs})
     if not rows:
         return None
-    pooled = from_long(rows, scale=classes, attrs=("reader",), source="repeated items")
-    out: dict[str, Any] = {"pooled": pairwise_kappa(pooled, n_boot=n_boot, seed=seed)[0],
-                           "readers": {}}
+    pooled = from_long(rows, scale=classes, attrs=("reader", "image", *ATTRS),
+                       source="repeated items")
+    out: dict[str, Any] = {
+        "pooled": pairwise_kappa(pooled, n_boot=n_boot, seed=seed, cluster_attr="image")[0],
+        "n_images": len(set(pooled.attrs["image"])),
+        "readers": {},
+        "strata": by_strata(pooled, lambda t, s: {"pooled": pairwise_kappa(
+            t, n_boot=n_boot, seed=s, cluster_attr="image")[0]}, seed)}
     readers = np.array(pooled.attrs["reader"])
     for k, reader in enumerate(sorted({str(r) for r in pooled.attrs["reader"]})):
         sub = pooled.subset(readers == reader)

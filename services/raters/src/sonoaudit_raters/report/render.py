@@ -81,6 +81,7 @@ def csv_rows(analysis: dict[str, Any]) -> list[dict[str, Any]]:
         add("intra_reader", "all", {"kappa/pooled": intra["pooled"]["_estimate"]})
         add("intra_reader", "all", {f"kappa/{r}": p["_estimate"]
                                     for r, p in intra["readers"].items()})
+        add_strata("intra_reader_pooled", intra["strata"])
     return rows
 
 
@@ -172,6 +173,7 @@ def metric_rows(data: StudyData) -> list[dict[str, Any]]:
             d = d.get(k)
         return d
 
+    names = {d["id"]: d["name"] for d in data.datasets}
     rows = []
     for run in data.metric_runs:
         res = run.get("results") or {}
@@ -180,6 +182,8 @@ def metric_rows(data: StudyData) -> list[dict[str, Any]]:
         for cls, b in blocks:
             rows.append({
                 "run": run["id"], "class": cls, "status": run["status"],
+                # real_ref is a dataset id (or a folder): name the dataset when it is one.
+                "dataset": names.get(run["real_ref"], run["real_ref"]),
                 "real_ref": run["real_ref"], "synthetic_ref": run["synthetic_ref"],
                 "n_real": b.get("n_real"), "n_synthetic": b.get("n_synthetic"),
                 "fid": val(b, "fid", "value"), "fid_reason": val(b, "fid", "reason"),

@@ -168,13 +168,18 @@ def _pair_reason(table: RatingTable, a: int, b: int) -> str:
 
 
 def pairwise_kappa(table: RatingTable, *, pairs: list[tuple[str, str]] | None = None,
-                   n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> list[dict[str, Any]]:
-    """Cohen's kappa for each pair of raters on the items both rated (weighted too when ordinal)."""
+                   n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                   cluster_attr: str | None = None) -> list[dict[str, Any]]:
+    """Cohen's kappa for each pair of raters on the items both rated (weighted too when ordinal).
+
+    ``cluster_attr``: an item attribute whose equal values are resampled together (see
+    :func:`replicate_sums`)."""
     idx = _pairs(table, pairs)
     schemes = ("nominal",) if table.level == "nominal" else WEIGHT_SCHEMES
     feats = Features(table.n_items)
     pairwise_features(table, feats, idx, schemes)
-    sums = replicate_sums(feats, n_boot, seed)
+    sums = replicate_sums(feats, n_boot, seed,
+                          None if cluster_attr is None else table.attrs[cluster_attr])
     return [_pair_result(table, sums, a, b, schemes) for a, b in idx]
 
 

@@ -8,7 +8,7 @@ stay together."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,15 +66,27 @@ class Sums:
         return self.data[:, s]
 
 
-def replicate_sums(features: Features, n_boot: int, seed: int) -> Sums:
+def replicate_sums(features: Features, n_boot: int, seed: int,
+                   clusters: Sequence[Any] | None = None) -> Sums:
+    """``clusters`` (one label per row): resample whole clusters instead of rows — e.g. the
+    units reader × image of a pooled intra-reader kappa, clustered by image, so that one
+    image's readings by several readers stay together. Sums are additive, so a cluster's row
+    is the sum of its rows' features."""
     F = features.matrix()
     point = F.sum(axis=0, keepdims=True)
     if n_boot <= 0 or features.n_items == 0:
         return Sums(point, features.slices)
+    if clusters is not None:
+        if len(clusters) != features.n_items:
+            raise ValueError(f"{len(clusters)} cluster labels for {features.n_items} rows")
+        _, inverse = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+        G = np.zeros((int(inverse.max()) + 1, F.shape[1]))
+        np.add.at(G, inverse, F)
+        F = G
     F32 = F.astype(np.float32)
     rng = np.random.default_rng(seed)
     parts = [point]
-    for W in resample_weights(features.n_items, n_boot, rng):
+    for W in resample_weights(F.shape[0], n_boot, rng):
         parts.append((W @ F32).astype(np.float64))
     return Sums(np.concatenate(parts, axis=0), features.slices)
 
