@@ -77,6 +77,12 @@ def test_ac1_hand_worked() -> None:
     assert res["gwet_ac1"].value == pytest.approx(0.645 / 0.745, abs=1e-12)
     # Cohen: p_e = 0.9·0.8 + 0.1·0.2 = 0.74 → κ = 0.16/0.26
     assert res["cohen_kappa_pairwise"][0]["value"] == pytest.approx(0.16 / 0.26, abs=1e-12)
+    # AC1's chance term divides by q − 1 over the DECLARED scale (Gwet: list every possible
+    # category, used or not — e.g. "normal" absent from BUS-BRA): q = 3 → p_e = 0.255/2.
+    declared = agreement(from_long(rows, scale=["a", "b", "c"]), n_boot=0)
+    assert declared["gwet_ac1"].value == pytest.approx((0.9 - 0.1275) / (1 - 0.1275), abs=1e-12)
+    # kappa and Fleiss do not depend on unused categories.
+    assert declared["fleiss_kappa"].value == pytest.approx(res["fleiss_kappa"].value, abs=1e-12)
 
 
 @pytest.mark.parametrize("level", ["nominal", "ordinal", "interval"])
