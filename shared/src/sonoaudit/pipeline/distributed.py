@@ -50,14 +50,15 @@ class DistributedTransport:
         # Generation or scoring answered inline can take minutes on a CPU.
         self.http = client or httpx.Client(timeout=httpx.Timeout(30.0, read=1800.0))
         self._admin_tokens: dict[str, str] = {}
+        self.get_attempts = 5
 
     # -- plumbing ---------------------------------------------------------------------------
     def _call(self, method: str, service: str, path: str, *, ok: tuple[int, ...] = (200,),
-              token: str | None = None, **kwargs: Any) -> tuple[int, Any]:
+              token: str | None = None, retry: bool = True, **kwargs: Any) -> tuple[int, Any]:
         url = self.urls[service] + path
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
-            r = self.http.request(method, url, headers=headers, **kwargs)
+            r = self._send(method, url, headers, kwargs, retry)
         except httpx.HTTPError as exc:
             raise ServiceError(
                 f"cannot reach the {service} service at {url} ({exc!r}); is it running, and is "
@@ -71,10 +72,25 @@ class DistributedTransport:
                                f"{str(detail)[:2000]}")
         return r.status_code, r.json() if r.content else None
 
+    def _send(self, method: str, url: str, headers: dict[str, str] | None,
+              kwargs: dict[str, Any], retry: bool) -> httpx.Response:
+        # GETs are retried: a busy service may close a kept-alive connection just as the next
+        # poll arrives (connection reset), and a restarted one comes back. POSTs are not (a
+        # retried POST could queue the same job twice).
+        attempts = self.get_attempts if method == "GET" and retry else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.http.request(method, url, headers=headers, **kwargs)
+            except httpx.TransportError:
+                if attempt == attempts:
+                    raise
+                time.sleep(min(1.0 * attempt, 5.0))
+        raise AssertionError("unreachable")
+
     def check_services(self) -> None:
         """Fail early, naming the service, when one is down or not ready."""
         for service in self.urls:
-            self._call("GET", service, "/readyz")
+            self._call("GET", service, "/readyz", retry=False)
 
     def _wait(self, service: str, path: str, what: str) -> dict[str, Any]:
         """Poll a job endpoint until the job is done (its view) or failed (ServiceError)."""
