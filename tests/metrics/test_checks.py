@@ -94,7 +94,8 @@ def test_memorisation_flags_an_exact_copy_only() -> None:
     # an intensity-shifted copy is still caught by SSIM (its features are left distinct)
     shifted = ImageSample("brighter", np.clip(real[2].image.astype(int) + 6, 0, 255)
                           .astype(np.uint8))
-    res2 = memorisation(real, [*syn[:4], shifted], fr, np.vstack([fs[:4], rng.normal(size=(1, 32))]))
+    fs2 = np.vstack([fs[:4], rng.normal(size=(1, 32))])
+    res2 = memorisation(real, [*syn[:4], shifted], fr, fs2)
     assert res2["n_flagged"] == 1 and res2["top_pairs"][0]["real_name"] == "r2"
 
 
