@@ -18,14 +18,14 @@ import time
 import warnings
 
 import numpy as np
+from sonoaudit_raters.stats.table import MISSING, Level, RatingTable
 
 CLASSES = ["benign", "malignant", "normal"]
 CONFIDENCE = ["0", "20", "40", "60", "80", "100"]
 
 
 def make_table(n_items: int, n_readers: int, missing: float, seed: int,
-               scale: list[str], level: str):  # type: ignore[no-untyped-def]
-    from sonoaudit_raters.stats.table import MISSING, RatingTable
+               scale: list[str], level: Level) -> RatingTable:
 
     rng = np.random.default_rng(seed)
     q = len(scale)
@@ -35,7 +35,7 @@ def make_table(n_items: int, n_readers: int, missing: float, seed: int,
     codes = np.where(right, truth[:, None], near)
     codes[rng.random((n_items, n_readers)) < missing] = MISSING
     return RatingTable([str(i) for i in range(n_items)], [f"r{j}" for j in range(n_readers)],
-                       scale, codes.astype(np.int64), level)  # type: ignore[arg-type]
+                       scale, codes.astype(np.int64), level)
 
 
 def reference_replicate(codes: np.ndarray, q: int, ordinal: bool) -> dict[str, float]:
@@ -46,7 +46,7 @@ def reference_replicate(codes: np.ndarray, q: int, ordinal: bool) -> dict[str, f
     out: dict[str, float] = {}
     data = codes.T.astype(float)
     data[codes.T < 0] = np.nan
-    levels = ["nominal", "ordinal", "interval"] if ordinal else ["nominal"]
+    levels: list[Level] = ["nominal", "ordinal", "interval"] if ordinal else ["nominal"]
     for lv in levels:
         out[f"alpha_{lv}"] = float(krippendorff.alpha(
             reliability_data=data, level_of_measurement=lv, value_domain=list(range(q))))
@@ -66,7 +66,7 @@ def reference_replicate(codes: np.ndarray, q: int, ordinal: bool) -> dict[str, f
     return out
 
 
-def run(name: str, table, args: argparse.Namespace) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def run(name: str, table: RatingTable, args: argparse.Namespace) -> tuple[float, float]:
     from sonoaudit_raters.stats import agreement
 
     ordinal = table.level != "nominal"
