@@ -1,0 +1,116 @@
+"""The metrics service over HTTP: inline POST /metrics on SQLite, 422s naming the bad reference,
+and a background job through the JetStream worker on the real Postgres + NATS."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from metrics_helpers import speckle_sample, write_pairs
+from sonoaudit.context import build_context
+from sonoaudit.db.migrate import upgrade
+from sonoaudit.db.models import MetricRun
+from sonoaudit.db.session import session_scope
+from sonoaudit.settings import Settings
+from sonoaudit_metrics.config import MetricsSettings
+from sonoaudit_metrics.main import create_app
+from sqlalchemy import select
+
+
+def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(client.get("/readyz").json())
+
+
+def wait_job(client: TestClient, job_id: str, timeout: float = 180.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    view: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = client.get(f"/metrics/jobs/{job_id}")
+        view = r.json()
+        if r.status_code == 200 and view["status"] in ("done", "failed"):
+            return view
+        time.sleep(0.3)
+    raise TimeoutError(view)
+
+
+@pytest.fixture
+def sets(tmp_path: Path) -> tuple[str, str]:
+    real = write_pairs(tmp_path / "real", [speckle_sample(f"r{i}", i) for i in range(5)])
+    syn = write_pairs(tmp_path / "syn", [speckle_sample(f"s{i}", 50 + i) for i in range(4)])
+    return str(real), str(syn)
+
+
+def msettings(tmp_path: Path) -> MetricsSettings:
+    return MetricsSettings(cache_dir=tmp_path / "cache", kid_subsets=10)
+
+
+def test_inline_post_stores_a_run_with_provenance(tmp_path: Path, sqlite_url: str,
+                                                  sets: tuple[str, str]) -> None:
+    upgrade(sqlite_url)
+    settings = Settings(home=tmp_path / "home", database_url=sqlite_url)
+    real, syn = sets
+    with TestClient(create_app(settings, msettings(tmp_path))) as client:
+        wait_ready(client)
+        r = client.post("/metrics", json={"real_ref": real, "synthetic_ref": syn})
+        assert r.status_code == 200, r.text
+        run = r.json()
+        res = run["results"]
+        assert run["status"] == "done" and (res["n_real"], res["n_synthetic"]) == (5, 4)
+        assert res["kid"]["subset_size"] == 4 and res["kid"]["subsets"] == 10
+        assert res["fid"]["value"] > 0 and "n < 2048" in res["fid"]["warning"]
+        assert res["is"]["value"] is None and "logits" in res["is"]["reason"]
+        assert res["alignment"]["real"]["hypoechoic_fraction"] == 1.0
+        prov = run["provenance"]
+        assert prov["weights_sha256"].startswith("7ff4a85c")
+        assert prov["real_ref"] == real and prov["synthetic_kind"] == "pairs"
+        assert client.get(f"/metrics/runs/{run['id']}").json()["results"] == res
+        assert client.get("/metrics/runs/nope").status_code == 404
+
+        bad = client.post("/metrics", json={"real_ref": str(tmp_path / "nope"),
+                                            "synthetic_ref": syn})
+        detail = bad.json()["detail"]
+        assert bad.status_code == 422 and "nope' is neither a folder nor a dataset" in detail
+        one = write_pairs(tmp_path / "one", [speckle_sample("only", 9)])
+        few = client.post("/metrics", json={"real_ref": real, "synthetic_ref": str(one)})
+        assert few.status_code == 422 and "synthetic set has 1 image" in few.json()["detail"]
+        extra = client.post("/metrics", json={"real_ref": real, "synthetic_ref": syn, "x": 1})
+        assert extra.status_code == 422
+        queued = client.post("/metrics", json={"real_ref": real, "synthetic_ref": syn,
+                                               "background": True})
+        assert queued.status_code == 409 and "NATS" in queued.json()["detail"]
+    with session_scope(build_context(settings).sessions) as s:
+        runs = list(s.scalars(select(MetricRun)))
+        # only the successful run has results; the refused inputs are recorded as failed
+        assert sorted(r.status for r in runs) == ["done", "failed", "failed"]
+        assert all(r.results is None for r in runs if r.status == "failed")
+
+
+@pytest.mark.integration
+def test_background_job_on_postgres_and_nats(tmp_path: Path, postgres_url: str,
+                                             nats_server: str, sets: tuple[str, str]) -> None:
+    upgrade(postgres_url)
+    settings = Settings(home=tmp_path / "home", database_url=postgres_url, nats_url=nats_server,
+                        nats_ack_wait_s=5.0)
+    real, syn = sets
+    with TestClient(create_app(settings, msettings(tmp_path))) as client:
+        wait_ready(client)
+        r = client.post("/metrics", json={"real_ref": real, "synthetic_ref": syn,
+                                          "background": True})
+        assert r.status_code == 202, r.text
+        view = wait_job(client, r.json()["job_id"])
+        assert view["status"] == "done", view
+        assert view["run"]["results"]["n_synthetic"] == 4
+        assert view["run"]["job_id"] == r.json()["job_id"]
+        bad = client.post("/metrics", json={"real_ref": real, "synthetic_ref": "no-such-run",
+                                            "background": True})
+        failed = wait_job(client, bad.json()["job_id"])
+        assert failed["status"] == "failed" and "no-such-run" in failed["error"]
+        assert client.get("/metrics/jobs/nope").status_code == 404
