@@ -5,6 +5,7 @@ reader's answers or an item's hidden columns into a reader-facing value."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -118,7 +119,7 @@ class SubmitResult:
 
 
 def _clean_step(cfg: StudyConfig, state: ItemState, step: str,
-                values: dict[str, str | list[str] | None]) -> dict[str, str | None]:
+                values: Mapping[str, str | list[str] | None]) -> dict[str, str | None]:
     allowed_stages = {"read": ("read", "extra"), "llm": ("llm", "extra")}[step]
     unknown = [k for k in values if cfg.question(k) is None]
     if unknown:
@@ -143,7 +144,7 @@ def submit(
     token: str,
     item_key: str,
     step: str,
-    values: dict[str, str | list[str] | None],
+    values: Mapping[str, str | list[str] | None],
     *,
     client_event_id: str,
     time_on_item_ms: int | None = None,
@@ -190,7 +191,9 @@ def submit(
                 shown = view.llm[state.image_id]
                 meta |= {"llm_classification_id": shown.id, "llm_label": shown.label}
             recorded = 0
-            for key, value in clean.items():
+            # Events in the study's question order, so the audit trail reads like the form.
+            order = [q.key for q in cfg.questions]
+            for key, value in sorted(clean.items(), key=lambda kv: order.index(kv[0])):
                 previous = state.answers.get(key)
                 if value == previous or (value is None and previous is None):
                     continue
