@@ -38,8 +38,18 @@ def test_mask_qc_counts_components_and_area() -> None:
     assert q["inside_darker"] is True and q["mean_inside"] == 20.0
     empty = mask_qc(img, np.zeros((6, 6), bool))
     assert empty["empty"] and empty["components"] == 0 and empty["inside_darker"] is None
+    assert not q["full"] and not empty["full"]
+    full_mask = np.ones((6, 6), bool)
+    full_mask[0, :3] = False  # 33 of 36 px = 91.7 % >= 90 %
+    full = mask_qc(img, full_mask)
+    assert full["full"] and full["components"] == 1 and full["lesion_area_px"] == 33
+    almost = full_mask.copy()
+    almost[1, :1] = False  # 32 of 36 = 88.9 % < 90 %
+    assert not mask_qc(img, almost)["full"]
     s = summarise([q, empty])
     assert s["n"] == 2 and s["empty"] == 1 and s["empty_fraction"] == 0.5
+    assert s["full"] == 0
+    assert summarise([q, full, empty, full])["full_fraction"] == 0.5
     assert s["components_histogram"] == {"0": 1, "2": 1}
     assert s["inside_darker_fraction"] == 1.0
 

@@ -3,6 +3,8 @@
 Connected components use 8-connectivity (a diagonal touch joins two pixels), the usual choice for
 lesion outlines. "Inside darker" compares mean grey level inside vs outside the mask: breast
 lesions are hypoechoic, so a mask sitting on a dark region is what a plausible sample looks like.
+"Full" flags the opposite failure of "empty": a mask covering most of the frame (≥ 90 %), seen in
+under-trained models whose mask channel flips sign; no lesion in the study's data is that large.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 _EIGHT = np.ones((3, 3), dtype=bool)
+FULL_FRACTION = 0.9
 
 
 def mask_qc(image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
@@ -24,6 +27,7 @@ def mask_qc(image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
     sizes = np.bincount(labels.ravel())[1:] if n else np.zeros(0, dtype=np.int64)
     out: dict[str, Any] = {
         "empty": area == 0,
+        "full": area >= FULL_FRACTION * mask.size,
         "components": int(n),
         "lesion_area_px": area,
         "lesion_area_fraction": area / mask.size,
@@ -48,6 +52,8 @@ def summarise(qcs: list[dict[str, Any]]) -> dict[str, Any]:
         "n": n,
         "empty": n - len(nonempty),
         "empty_fraction": (n - len(nonempty)) / n,
+        "full": sum(bool(q.get("full")) for q in qcs),
+        "full_fraction": sum(bool(q.get("full")) for q in qcs) / n,
         "single_component_fraction": sum(c == 1 for c in comps) / n,
         "multi_component_fraction": sum(c > 1 for c in comps) / n,
         "components_histogram": {str(k): comps.count(k) for k in sorted(set(comps))},
