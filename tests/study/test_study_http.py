@@ -202,3 +202,18 @@ def test_http_study_creation(store: Any, live: Any, creator_token: str) -> None:
         prog = c.get(f"/study/admin/{sid}/progress.json",
                      headers={"Authorization": f"Bearer {admin}"}).json()
         assert [p["total"] for p in prog] == [9, 9]
+
+
+def test_reader_tokens_stay_out_of_the_access_log(store: Any, live: Any, add_llm: Any,
+                                                  caplog: Any) -> None:
+    import logging
+
+    _, _, t1, _ = _study(store, add_llm)
+    with caplog.at_level(logging.INFO, logger="sonoaudit.access"):
+        with httpx.Client(base_url=live.url) as c:
+            assert c.get(f"/study/r/{t1}/item/1").status_code == 200
+            assert c.get(f"/study/r/{t1}/api/state").status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "sonoaudit.access"]
+    assert "GET /study/r/<token>/item/1 200" in " ".join(lines)
+    assert len([m for m in lines if "/study/r/" in m]) == 2
+    assert not any(t1 in m for m in lines)

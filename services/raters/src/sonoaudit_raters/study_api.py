@@ -20,7 +20,7 @@ from sonoaudit.db.models import Image
 from sonoaudit.runtime import ServiceRuntime
 from starlette.concurrency import run_in_threadpool
 
-from sonoaudit_raters.study import export, reading, setup
+from sonoaudit_raters.study import export, logs, reading, setup
 from sonoaudit_raters.study.errors import AccessDenied, StudyError
 from sonoaudit_raters.study.images import render_image, render_mask_outline
 from sonoaudit_raters.study.reading import ReaderView
@@ -71,6 +71,8 @@ class StudyIn(BaseModel):
 
 def build_router(runtime: ServiceRuntime) -> APIRouter:
     router = APIRouter(prefix="/study", tags=["study"])
+    # Keep reader tokens (they are in every reader URL) out of the access logs.
+    logs.install("sonoaudit.access", "uvicorn.access")
     env = _env()
     creator = StudySettings().creator_token
 
