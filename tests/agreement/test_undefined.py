@@ -123,3 +123,21 @@ def test_cluster_bootstrap_resamples_whole_clusters() -> None:
     assert np.sort(clustered.replicates) == pytest.approx(np.sort(ref.replicates), abs=1e-6)
     width = np.diff(clustered.ci95())[0]
     assert np.diff(rows_only.ci95())[0] < 0.85 * width
+
+
+def test_one_resampling_unit_gives_no_ci() -> None:
+    from sonoaudit_raters.stats import pairwise_kappa
+    from sonoaudit_raters.stats.accuracy import accuracy
+
+    t = from_long(rows_of({"a": ["x"], "b": ["y"]}), scale=["x", "y"])
+    acc = public(accuracy(t, ["x"], n_boot=40))["raters"]["a"]["accuracy"]
+    assert acc["value"] == 1.0 and acc["ci95"] is None  # not [1, 1]
+    assert acc["bootstrap"] == {"B": 40, "undefined": 40}
+    assert acc["ci_reason"] == "all_bootstrap_replicates_undefined"
+    # Several rows but one cluster: the same.
+    rows = [{"item": f"u{k}", "rater": r, "value": v, "image": "one"}
+            for k, pair in enumerate([("x", "x"), ("x", "y"), ("y", "y")])
+            for r, v in zip("ab", pair, strict=True)]
+    k = pairwise_kappa(from_long(rows, attrs=("image",)), n_boot=30,
+                       cluster_attr="image")[0]["_estimate"]
+    assert k.value is not None and k.ci95() is None and k.n_undefined == 30

@@ -83,6 +83,11 @@ def replicate_sums(features: Features, n_boot: int, seed: int,
         G = np.zeros((int(inverse.max()) + 1, F.shape[1]))
         np.add.at(G, inverse, F)
         F = G
+    if F.shape[0] < 2:
+        # One item (or cluster) resampled is itself every time: a zero-width "CI" that says
+        # nothing about sampling error. Every replicate is undefined instead (counted).
+        nan = np.full((n_boot, F.shape[1]), np.nan)
+        return Sums(np.concatenate([point, nan], axis=0), features.slices)
     F32 = F.astype(np.float32)
     rng = np.random.default_rng(seed)
     parts = [point]
