@@ -33,6 +33,8 @@ def test_single_category_is_null_with_reason() -> None:
     for key in ("fleiss_kappa", "gwet_ac1", "krippendorff_alpha"):
         assert res[key]["value"] is None and res[key]["reason"] == "single_category", key
     assert res["cohen_kappa_pairwise"][0]["reason"] == "single_category"
+    assert res["light_kappa"]["value"] is None
+    assert res["light_kappa"]["reason"] == "pairwise_kappa_undefined"
     # Libraries disagree on this case: pin them.
     assert math.isnan(cohen_kappa_score(["benign"] * 5, ["benign"] * 5))
     assert math.isnan(fleiss_kappa(np.array([[2, 0, 0]] * 5)))

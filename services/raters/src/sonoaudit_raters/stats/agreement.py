@@ -279,7 +279,7 @@ def agreement(table: RatingTable, *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0
         ks = np.stack([kappa_from_sums(sums, a, b, "nominal", q) for a, b in idx])
         # Light's kappa: mean of pairwise kappas; undefined if any pair is (no silent dropping).
         light = ks.mean(axis=0)
-        out["light_kappa"] = estimate(light, lambda: "a pairwise kappa is undefined",
+        out["light_kappa"] = estimate(light, lambda: "pairwise_kappa_undefined",
                                       n_pairable)
     else:
         out["light_kappa"] = Estimate(None, 0, "fewer_than_two_raters")
