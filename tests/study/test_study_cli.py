@@ -70,3 +70,14 @@ def test_cli_errors_are_clear(cli_env: Any, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "CLASS=N" in res.output
     res = runner.invoke(app, ["study", "export", "nope", "--out", str(tmp_path / "a.csv")])
     assert res.exit_code == 2 and "not found" in res.output
+    bad = tmp_path / "cfg.json"
+    bad.write_text('{"display": {"size": 256,}}')
+    res = runner.invoke(app, ["study", "create", "x", "--dataset", cli_env.dataset_id,
+                              "--config", str(bad)])
+    assert res.exit_code == 2 and "cfg.json: not valid JSON" in res.output
+    assert "line 1" in res.output
+    bad_yaml = tmp_path / "cfg.yaml"
+    bad_yaml.write_text("display: [size: 256\n")
+    res = runner.invoke(app, ["study", "create", "x", "--dataset", cli_env.dataset_id,
+                              "--config", str(bad_yaml)])
+    assert res.exit_code == 2 and "cfg.yaml: not valid YAML" in res.output

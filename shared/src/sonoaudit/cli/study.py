@@ -32,13 +32,14 @@ def _config(path: Path | None, display_size: int | None, fit: str | None) -> dic
     if path is not None:
         if not path.is_file():
             fail(f"{path}: no such file (expected a JSON or YAML study config)")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        import yaml
 
-            cfg = yaml.safe_load(text) or {}
-        else:
-            cfg = json.loads(text)
+        text = path.read_text(encoding="utf-8")
+        is_yaml = path.suffix in (".yaml", ".yml")
+        try:
+            cfg = (yaml.safe_load(text) or {}) if is_yaml else json.loads(text)
+        except (ValueError, yaml.YAMLError) as exc:  # both name the line and column
+            fail(f"{path}: not valid {'YAML' if is_yaml else 'JSON'}: {exc}")
         if not isinstance(cfg, dict):
             fail(f"{path}: expected a mapping at the top level")
     if display_size is not None or fit is not None:
