@@ -90,7 +90,7 @@ def test_inline_post_stores_a_run_with_provenance(tmp_path: Path, sqlite_url: st
         runs = list(s.scalars(select(MetricRun)))
         # only the successful run has results; the refused inputs are recorded as failed
         assert sorted(r.status for r in runs) == ["done", "failed", "failed"]
-        assert all(r.results is None for r in runs if r.status == "failed")
+        assert all(not r.results and r.error for r in runs if r.status == "failed")
 
 
 @pytest.mark.integration
