@@ -137,3 +137,42 @@ def test_pages_pass_axe_wcag_aa(store: Any, live: Any, add_llm: Any, browser: An
     page.screenshot(path=str(artifacts / "reading-narrow.png"), full_page=True)
     assert {k: v for k, v in found.items() if v} == {}
     bctx.close()
+
+
+def test_admin_imports_csv_from_the_page(store: Any, live: Any, browser: Any,
+                                         tmp_path: Path) -> None:
+    study, admin = create_study(store.ctx, "Import UI", store.real_ids(1), [], seed=1)
+    token = add_reader(store.ctx, study.id, "Dr Local")
+    keys = [i.item_key for i in view_for_token(store.ctx, token).items]
+    good = tmp_path / "elsewhere.csv"
+    good.write_text("item,reader,question,answer\n" + "".join(
+        f"{k},Dr Away,class,malignant\n{k},Dr Away,confidence,80\n" for k in keys))
+    bad = tmp_path / "broken.csv"
+    bad.write_text(f"item,reader,question,answer\n{keys[0]},Dr Away,confidence,75\n"
+                   f"deadbeef,Dr Away,class,benign\n")
+    bctx = browser.new_context()
+    page = bctx.new_page()
+    page.goto(f"{live.url}/study/admin/{study.id}")
+    page.get_by_label("Admin token").fill(admin)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_label("Import ratings gathered elsewhere (long CSV)").set_input_files(str(bad))
+    with page.expect_navigation():
+        page.get_by_role("button", name="Import", exact=True).click()
+    assert "Nothing imported" in page.locator("h1").inner_text()
+    problems = page.locator("ul.problems li").all_inner_texts()
+    assert len(problems) == 2
+    assert problems[0].startswith("broken.csv:2: answer: confidence: '75' not allowed")
+    assert problems[1].startswith("broken.csv:3: item 'deadbeef'")
+    assert export_answers(store.ctx, study.id) == []  # nothing written
+    page.get_by_role("link", name="Back to the study").click()
+    page.get_by_label("Import ratings gathered elsewhere (long CSV)").set_input_files(str(good))
+    with page.expect_navigation():
+        page.get_by_role("button", name="Import", exact=True).click()
+    result = page.locator("#import-result").inner_text()
+    assert f"Imported {2 * len(keys)} answer(s) from elsewhere.csv" in result
+    assert "new readers: Dr Away" in result
+    row = page.locator("tbody tr", has_text="Dr Away")
+    assert f"{len(keys)} / {len(keys)}" in row.inner_text() and "imported" in row.inner_text()
+    rows = export_answers(store.ctx, study.id)
+    assert len(rows) == 2 * len(keys) and all(r["imported"] for r in rows)
+    bctx.close()

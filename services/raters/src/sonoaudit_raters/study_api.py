@@ -425,15 +425,18 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
 
     @router.post("/admin/{study_id}/import")
     async def admin_import(study_id: str, request: Request) -> Response:
+        # The admin page's form wants a page back; scripts (Accept: JSON or */*) get JSON.
+        wants_html = "text/html" in request.headers.get("accept", "")
         try:
             await call(require_admin, request, study_id)
         except AccessDenied as exc:
-            return json_error(exc)
+            return admin_denied(study_id, exc) if wants_html else json_error(exc)
         form = await request.form()
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
-            return JSONResponse({"detail": "file: expected a CSV upload in form field 'file'",
-                                 "field": "file"}, status_code=422)
+            problem = StudyError("file: expected a CSV upload in form field 'file'",
+                                 field="file")
+            return error_page(problem) if wants_html else json_error(problem)
         name = Path(upload.filename or "upload.csv").name
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
@@ -441,11 +444,23 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
             try:
                 rep = await call(export.import_answers, ctx(), study_id, path)
             except export.ImportProblems as exc:
+                if wants_html:
+                    return page("error.html", 422, title="Nothing imported",
+                                message=exc.message.splitlines()[0], problems=exc.problems,
+                                back=f"/study/admin/{study_id}")
                 return JSONResponse({"detail": exc.message, "problems": exc.problems},
                                     status_code=422)
             except StudyError as exc:
-                return json_error(exc)
-        return JSONResponse({"rows": rep.rows, "recorded": rep.recorded,
-                             "duplicates": rep.duplicates, "readers_created": rep.readers_created})
+                return error_page(exc) if wants_html else json_error(exc)
+        result = {"rows": rep.rows, "recorded": rep.recorded, "duplicates": rep.duplicates,
+                  "readers_created": rep.readers_created}
+        if not wants_html:
+            return JSONResponse(result)
+        c = ctx()
+        with c.sessions() as s:
+            study = setup.check_admin(s, study_id, admin_token(request, study_id))
+            counts = setup.study_counts(s, study_id)
+        return page("admin.html", study=study, readers=reading.progress(c, study_id),
+                    counts=counts, new_link=None, imported=result | {"file": name})
 
     return router
