@@ -72,13 +72,19 @@ def to_training_tensor(images: np.ndarray, masks: np.ndarray) -> Tensor:
 
 
 def _batch(data: Tensor, batch_size: int, gen: torch.Generator, flip: bool) -> Tensor:
+    return _batch_with_index(data, batch_size, gen, flip)[0]
+
+
+def _batch_with_index(data: Tensor, batch_size: int, gen: torch.Generator,
+                      flip: bool) -> tuple[Tensor, Tensor]:
+    """A random batch (with replacement) and the indices it was drawn from."""
     idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)
     x = data[idx]
     if flip:
         # one flip decision per sample, applied to image and mask together (they stay aligned)
         do = torch.rand(batch_size, generator=gen) < 0.5
         x = torch.where(do[:, None, None, None], x.flip(-1), x)
-    return x
+    return x, idx
 
 
 @torch.no_grad()
@@ -98,7 +104,8 @@ def draw_noise(scheduler: Any, shape: torch.Size | tuple[int, ...],
 
 def diffusion_loss(net: nn.Module, scheduler: Any, x0: Tensor, gen: torch.Generator | None,
                    prediction_type: str, autocast: bool = False,
-                   drawn: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                   drawn: tuple[Tensor, Tensor] | None = None,
+                   class_labels: Tensor | None = None) -> Tensor:
     """MSE between the network output and ε (or v) at a uniformly drawn timestep; ``drawn``
     gives (t, ε) already drawn (a DDP rank's slice of the global draw) instead of ``gen``."""
     if drawn is None:
@@ -108,20 +115,21 @@ def diffusion_loss(net: nn.Module, scheduler: Any, x0: Tensor, gen: torch.Genera
     xt = scheduler.add_noise(x0, noise, t)
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=autocast):
-        pred = net(xt, t)
+        pred = net(xt, t, class_labels)
     return F.mse_loss(pred.float(), target)
 
 
 @torch.no_grad()
 def validation_loss(net: nn.Module, scheduler: Any, val: Tensor, seed: int,
-                    prediction_type: str) -> float:
+                    prediction_type: str, labels: Tensor | None = None) -> float:
     """Loss on the held-out patients with fixed timesteps and noise (comparable across steps)."""
     if val.shape[0] == 0:
         return float("nan")
     gen = torch.Generator().manual_seed(sample_seed(seed, 10**9))
     was = net.training
     net.eval()
-    loss = diffusion_loss(net, scheduler, val, gen, prediction_type).item()
+    loss = diffusion_loss(net, scheduler, val, gen, prediction_type,
+                          class_labels=labels).item()
     net.train(was)
     return float(loss)
 
@@ -140,11 +148,16 @@ def train_loop(
     on_checkpoint: Callable[[int, list[dict[str, float]]], None] | None = None,
     device: str | None = None,
     meta: dict[str, Any] | None = None,
+    labels: Tensor | None = None,
+    val_labels: Tensor | None = None,
 ) -> TrainResult:
     """Train ``prof`` on ``train`` (N,2,H,W in [-1,1]); checkpoints go to ``out_dir/checkpoint``.
 
     ``resume``: continue from the checkpoint in ``out_dir`` (its config must equal ``prof``).
     ``stop_after``: stop at this global step (simulates an interruption in tests).
+    ``labels``/``val_labels``: class index of each image, required when the profile's model is
+    class-conditional (``num_classes > 0``): one model for all classes, the option on top of the
+    study's one-model-per-class.
     """
     from tqdm import tqdm
 
@@ -160,6 +173,19 @@ def train_loop(
             f"training images are {train.shape[-1]}px but the model expects "
             f"{prof.model.sample_size}px (profile {prof.name})"
         )
+    conditional = prof.model.num_classes > 0
+    if conditional != (labels is not None):
+        raise ValueError(
+            "a class-conditional model (num_classes > 0) needs labels, and only it accepts them"
+        )
+    if labels is not None:
+        if labels.shape != (train.shape[0],):
+            raise ValueError(f"labels {tuple(labels.shape)} must have one entry per training "
+                             f"image ({train.shape[0]})")
+        if int(labels.min()) < 0 or int(labels.max()) >= prof.model.num_classes:
+            raise ValueError(f"labels must be in 0..{prof.model.num_classes - 1}")
+        if val_labels is None or val_labels.shape != (val.shape[0],):
+            raise ValueError("val_labels must give one label per validation image")
     torch.manual_seed(seed)
     net = build_denoiser(prof.model).to(dev)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
@@ -207,7 +233,8 @@ def train_loop(
     def checkpoint(step: int) -> None:
         if not dist.main:
             return
-        vl = validation_loss(ema, scheduler, val, seed, prof.schedule.prediction_type)
+        vl = validation_loss(ema, scheduler, val, seed, prof.schedule.prediction_type,
+                             None if val_labels is None else val_labels.to(dev))
         if curve:
             curve[-1]["val_loss"] = vl
         save_checkpoint(
@@ -226,12 +253,14 @@ def train_loop(
         # every rank draws the same global batch, timesteps and noise and keeps its own slice,
         # so N ranks × batch b train exactly like one process with batch N·b (and one process
         # draws in the same order as before DDP existed)
-        xb = _batch(data.cpu() if dev.type != "cpu" else data, tc.batch_size * dist.world_size,
-                    gen, tc.flip)
+        xb, ib = _batch_with_index(data.cpu() if dev.type != "cpu" else data,
+                                   tc.batch_size * dist.world_size, gen, tc.flip)
         tb, nb = draw_noise(scheduler, xb.shape, gen)
         mine = slice(dist.rank * tc.batch_size, (dist.rank + 1) * tc.batch_size)
+        yb = None if labels is None else labels[ib[mine]].to(dev)
         loss = diffusion_loss(model, scheduler, xb[mine].to(dev), None,
-                              prof.schedule.prediction_type, amp, drawn=(tb[mine], nb[mine]))
+                              prof.schedule.prediction_type, amp, drawn=(tb[mine], nb[mine]),
+                              class_labels=yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
