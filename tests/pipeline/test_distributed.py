@@ -126,6 +126,7 @@ def test_distributed_run_matches_embedded(services: tuple[dict[str, str], Path],
     logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in root.glob("*.log"))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n--- service logs ---\n{logs}"
     output = proc.stdout
+    print(output)  # the progress lines, shown with -rP
     assert "distributed mode" in output
     for i, step in enumerate(STEPS, 1):
         assert f"[{i}/{len(STEPS)}] {step}: done in" in output
