@@ -4,6 +4,7 @@ and a background job through the JetStream worker on the real Postgres + NATS.""
 from __future__ import annotations
 
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ def test_inline_post_stores_a_run_with_provenance(tmp_path: Path, sqlite_url: st
         prov = run["provenance"]
         assert prov["weights_sha256"].startswith("7ff4a85c")
         assert prov["real_ref"] == real and prov["synthetic_kind"] == "pairs"
+        assert prov["packages"]["torchmetrics"] == version("torchmetrics") and prov["seed"] == 0
+        assert "antialias=True" in prov["resize"] and prov["n_real"] == 5
         assert client.get(f"/metrics/runs/{run['id']}").json()["results"] == res
         assert client.get("/metrics/runs/nope").status_code == 404
 
