@@ -60,3 +60,19 @@ def test_busbra_halves_vs_phantom_with_a_planted_copy(busbra_sample: Path,
     assert top["synthetic_name"].endswith("planted") and top["real_name"].endswith(a[7].name)
     # real lesions are darker than their surroundings
     assert same["alignment"]["real"]["hypoechoic_fraction"] > 0.8
+
+
+def test_cli_text_summary_and_errors(tmp_path: Path) -> None:
+    from metrics_helpers import speckle_sample
+
+    real = write_pairs(tmp_path / "r", [speckle_sample(f"r{i}", i) for i in range(3)])
+    syn = write_pairs(tmp_path / "s", [speckle_sample(f"s{i}", 9 + i) for i in range(3)])
+    env = {"SONOAUDIT_HOME": str(tmp_path / "home"), "SONOAUDIT_METRICS_KID_SUBSETS": "5"}
+    ok = CliRunner().invoke(app, ["metrics", "--real", str(real), "--synthetic", str(syn),
+                                  "--no-store"], env=env)
+    assert ok.exit_code == 0, ok.output
+    assert "n_real=3  n_synthetic=3" in ok.stdout and "IS   unavailable (" in ok.stdout
+    assert "warning: small sets (n_real=3" in ok.stdout
+    bad = CliRunner().invoke(app, ["metrics", "--real", str(tmp_path / "missing"),
+                                   "--synthetic", str(syn), "--no-store"], env=env)
+    assert bad.exit_code == 2 and "missing" in bad.output
