@@ -131,9 +131,12 @@ def test_pages_pass_axe_wcag_aa(store: Any, live: Any, add_llm: Any, browser: An
     page.get_by_label("Admin token").fill(admin)
     page.get_by_role("button", name="Sign in").click()
     found["admin"] = _axe(page)
-    page.set_viewport_size({"width": 400, "height": 800})  # a tablet in portrait, zoomed
+    page.set_viewport_size({"width": 360, "height": 800})  # a phone, or 400 % zoom (1.4.10)
     page.goto(f"{live.url}/study/r/{token}/item/1")
     found["read-narrow"] = _axe(page)
+    # reflow: nothing wider than the window, so no sideways scrolling of the whole page
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    assert page.locator("img.us").bounding_box()["width"] <= 360
     page.screenshot(path=str(artifacts / "reading-narrow.png"), full_page=True)
     assert {k: v for k, v in found.items() if v} == {}
     bctx.close()
