@@ -181,6 +181,31 @@ def test_answer_rules(store: Any, add_llm: Any) -> None:
     assert len(_answers(store, view.reader_id)) == 2 + 3 + 2 + 3
 
 
+@pytest.mark.parametrize("backend", ["store", "pg_store"])
+def test_distinct_event_ids_are_never_taken_for_a_retry(backend: str,
+                                                       request: pytest.FixtureRequest) -> None:
+    """Ids that a LIKE prefix pattern would confuse ("_" is a wildcard, SQLite's LIKE ignores
+    case) are different events: each one's answers are recorded."""
+    st = request.getfixturevalue(backend)
+    study, _ = create_study(st.ctx, f"event-ids-{backend}", st.real_ids(2), [], seed=0)
+    tok = add_reader(st.ctx, study.id, "Dr E")
+    items = view_for_token(st.ctx, tok).items
+    reader_id = view_for_token(st.ctx, tok).reader_id
+    good = {"class": "benign", "confidence": "60"}
+    ids = ["evtX0001", "evt_0001", "EVT-case-01", "evt-case-01"]
+    results = [submit(st.ctx, tok, item.item_key, "read", good, client_event_id=cid)
+               for item, cid in zip(items, ids, strict=True)]
+    assert [(r.recorded, r.duplicate) for r in results] == [(2, False)] * 4
+    with st.ctx.sessions() as s:
+        stored = sorted(s.scalars(select(Answer.client_event_id)
+                                  .where(Answer.reader_id == reader_id)))
+    assert stored == sorted(f"{c}:{q}" for c in ids for q in ("class", "confidence"))
+    # a real retry is still one event
+    again = submit(st.ctx, tok, items[1].item_key, "read", good, client_event_id="evt_0001")
+    assert (again.recorded, again.duplicate) == (0, True)
+    assert view_for_token(st.ctx, tok).done == 4
+
+
 def test_export_hidden_columns_and_import_roundtrip(store: Any, add_llm: Any,
                                                      tmp_path: Path) -> None:
     real, synth = store.real_ids(2), store.synthetic_ids(2)

@@ -163,14 +163,16 @@ def submit(
     try:
         with session_scope(ctx.sessions) as s:
             reader = reader_for_token(s, token)
-            seen = s.scalar(select(func.count()).select_from(Answer).where(
-                Answer.reader_id == reader.id,
-                Answer.client_event_id.like(f"{client_event_id}:%")))
             view = reader_view(s, reader)
             state = view.by_key(item_key)
+            cfg = view.config
+            # Exact ids, never LIKE: "_" is a LIKE wildcard and SQLite's LIKE ignores case, so
+            # a prefix pattern would take a different event for a retry and drop its answers.
+            own_ids = [f"{client_event_id}:{q.key}" for q in cfg.questions]
+            seen = s.scalar(select(func.count()).select_from(Answer).where(
+                Answer.reader_id == reader.id, Answer.client_event_id.in_(own_ids)))
             if seen:
                 return SubmitResult(0, True, state.complete, item_key)
-            cfg = view.config
             clean = _clean_step(cfg, state, step, values)
             meta: dict[str, Any] = {"step": step}
             if step == "read" and state.read_locked:
