@@ -115,3 +115,35 @@ def test_majority_vote_ties_get_their_own_column() -> None:
     assert cm["cols_answer"] == [*C, "tie (no majority)"]
     assert cm["counts"] == [[1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
     assert res["majority_vote"]["accuracy"].value == pytest.approx(1 / 2)
+
+
+def test_images_never_classified_count_as_no_answer_in_json_and_html() -> None:
+    from sonoaudit_raters.report.render import render_html
+    from sonoaudit_raters.stats import public
+
+    data = study(n=30)
+    # No LLM row at all for items 1, 2, 3 (1 and 3 real/malignant, 2 synthetic/benign); item 0
+    # abstained; the other 26 answered right. A second replicate repeats every answer given.
+    data.llm[:] = [c for c in data.llm if c["image_id"] not in ("img1", "img2", "img3")]
+    data.llm.extend(dict(c, replicate=1) for c in list(data.llm) if c["status"] == "ok")
+    out = analyse_study(data, n_boot=20, seed=0)
+    (llm,) = out["llm"].values()
+    assert llm["n_items"] == 30
+    assert llm["n_items_without_llm"] == 3 and sorted(llm["items_without_llm"]) == ["k1", "k2",
+                                                                                   "k3"]
+    strata = llm["accuracy"]["strata"]
+    for rater in ("replicate 0", "replicate 1", "consensus"):
+        res = strata["all"]["raters"][rater]
+        assert (res["n"], res["n_correct"], res["n_no_answer"]) == (30, 26, 4), rater
+        assert res["accuracy"].value == pytest.approx(26 / 30)
+    # real: 15 items, 1 and 3 never classified; synthetic: 15 items, 0 abstained, 2 unclassified
+    for src in ("real", "synthetic"):
+        res = strata[f"source={src}"]["raters"]["consensus"]
+        assert (res["n"], res["n_correct"]) == (15, 13)
+    cm = strata["all"]["raters"]["consensus"]["confusion"]
+    assert cm["cols_answer"][-1] == "no answer"
+    assert [row[-1] for row in cm["counts"]] == [2, 2, 0]  # benign: 0, 2; malignant: 1, 3
+    # replicate agreement is about the 27 items the LLM was asked about
+    assert llm["replicate_agreement"]["n_items"] == 27
+    html = render_html(public(out) | {"metrics": [], "metric_runs": [], "figures": []}, {}, None)
+    assert "3 of the 30 items were never classified" in html

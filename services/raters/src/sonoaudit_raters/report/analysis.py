@@ -78,15 +78,19 @@ def llm_configs(data: StudyData) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def llm_table(data: StudyData, rows: list[dict[str, Any]], scale: list[str]) -> RatingTable:
-    """One rater per replicate plus the replicates' consensus (modal label; tie → no answer).
-    Items with an abstention/invalid answer stay in, as missing: counted wrong, never dropped."""
+def llm_table(data: StudyData, rows: list[dict[str, Any]], scale: list[str]
+              ) -> tuple[RatingTable, list[str]]:
+    """One rater per replicate plus the replicates' consensus (modal label; tie → no answer),
+    and the keys of the items this configuration never classified. Items with an
+    abstention/invalid answer, and items with no classification at all, stay in as missing:
+    counted wrong ("no answer"), never dropped from n."""
     base = {i["image_id"]: i for i in data.items if not i["repeat_of"]}
     by_img_rep: dict[tuple[str, int], dict[str, Any]] = {}
     for row in rows:  # oldest first: the latest attempt per replicate wins
         by_img_rep[(row["image_id"], int(row["replicate"]))] = row
     long: list[dict[str, Any]] = []
     reps = sorted({r for _, r in by_img_rep})
+    never: list[str] = []
     for img, item in base.items():
         labels = []
         for r in reps:
@@ -99,13 +103,16 @@ def llm_table(data: StudyData, rows: list[dict[str, Any]], scale: list[str]) -> 
             long.append({"item": item["item"], "rater": f"replicate {r}",
                          "value": c["label"] if ok else None,
                          **{k: item[k] for k in ATTRS}})
+        top = None
         if labels:
             counts = Counter(x for x in labels if x is not None).most_common()
             top = counts[0][0] if counts and (len(counts) == 1 or counts[0][1] > counts[1][1]) \
                 else None
-            long.append({"item": item["item"], "rater": "consensus", "value": top,
-                         **{k: item[k] for k in ATTRS}})
-    return from_long(long, scale=scale, attrs=ATTRS, source="LLM classifications")
+        else:
+            never.append(item["item"])
+        long.append({"item": item["item"], "rater": "consensus", "value": top,
+                     **{k: item[k] for k in ATTRS}})
+    return from_long(long, scale=scale, attrs=ATTRS, source="LLM classifications"), never
 
 
 def _truth(t: RatingTable) -> list[str | None]:
@@ -187,18 +194,23 @@ def analyse_study(data: StudyData, *, n_boot: int = 2000, seed: int = 0,
                                "backend configured, or `sonoaudit classify` was not run)"})
     out["llm"] = {}
     for key, rows in configs.items():
-        t = llm_table(data, rows, classes)
+        t, never = llm_table(data, rows, classes)
         statuses = Counter(r["status"] for r in rows)
         entry: dict[str, Any] = {
             "n_classifications": len(rows), "status_counts": dict(statuses),
             "n_items": t.n_items,
+            # Never classified by this configuration: in n, counted as "no answer" (wrong).
+            "n_items_without_llm": len(never), "items_without_llm": never,
             "accuracy": by_strata(t, lambda tt, s: accuracy(
                 tt, _truth(tt), positive=positive, missing="wrong", majority=False,
                 n_boot=n_boot, seed=s), seed),
         }
         reps = [r for r in t.raters if r.startswith("replicate ")]
         if len(reps) >= 2:
-            rep_strata = by_strata(t.select_raters(reps),
+            # Agreement between replicates is about the items the LLM was asked about.
+            unasked = set(never)
+            classified = np.array([it not in unasked for it in t.items], dtype=bool)
+            rep_strata = by_strata(t.select_raters(reps).subset(classified),
                                    lambda tt, s: agreement(tt, n_boot=n_boot, seed=s), seed)
             entry["replicate_agreement_strata"] = rep_strata
             entry["replicate_agreement"] = rep_strata["strata"]["all"]
