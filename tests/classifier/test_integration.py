@@ -1,11 +1,13 @@
 """Real Postgres + real NATS JetStream: the classify job through the service's worker.
 
 * a 200-image batch with injected faults ends with 200 stored results and the right abstains;
-* a worker killed (SIGKILL) mid-batch and restarted loses nothing and writes no duplicate."""
+* a worker killed (SIGKILL) mid-batch and restarted loses nothing and writes no duplicate;
+* a job whose calls take longer than the ack wait is not redelivered to a second replica."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 import sys
@@ -108,6 +110,61 @@ def test_200_image_job_with_faults(pg_ctx: AppContext, nats_server: str,
         # 200 first calls + 20 after 429 + 20 after 500 + 40 repair requests
         assert len(server.requests) == 280
         assert sum(r.attempts for r in rows) == 280 + transport
+
+
+async def _deliveries(nats_url: str) -> int:
+    """Deliveries the classify consumer made since it was created (redeliveries included)."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().consumer_info("CLASSIFY", "classifier")
+        assert info.delivered is not None
+        return int(info.delivered.consumer_seq or 0)
+    finally:
+        await nc.close()
+
+
+def test_slow_job_is_not_redelivered_to_another_replica(pg_ctx: AppContext, nats_server: str,
+                                                        make_settings: Any) -> None:
+    """Each call takes longer than the ack wait and no answer is written before the first call
+    returns: only the job's own heartbeat keeps JetStream from handing the job to the second
+    replica, which would ask every image again."""
+    ack_wait = 4.0
+    images = synthetic_pngs(2, seed=13)
+    ids = register_images(pg_ctx, images)
+    asyncio.run(_reset_consumer(nats_server))
+    with FakeGeminiServer(latency_s=1.5 * ack_wait) as server:
+        settings = Settings(database_url=pg_ctx.settings.database_url, nats_url=nats_server,
+                            store_dir=pg_ctx.settings.store_dir, home=pg_ctx.settings.home,
+                            nats_ack_wait_s=ack_wait)
+        csettings = make_settings(gemini_base_url=server.url, concurrency=2,
+                                  request_timeout_s=30.0)
+        # Two replicas on the same durable consumer, both idle and fetching.
+        with TestClient(create_app(settings, csettings)) as one, \
+                TestClient(create_app(settings, csettings)) as two:
+            for client in (one, two):
+                deadline = time.monotonic() + 30
+                while client.get("/readyz").status_code != 200:
+                    assert time.monotonic() < deadline, client.get("/readyz").text
+                    time.sleep(0.1)
+            r = one.post("/classify/batch", json={"image_ids": ids})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["job_id"]
+            deadline = time.monotonic() + 60
+            while (job := one.get(f"/jobs/{job_id}").json())["status"] not in ("done",
+                                                                               "failed"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.2)
+            assert job["status"] == "done", job
+            deliveries = asyncio.run(_deliveries(nats_server))
+        assert deliveries == 1  # the one job message, delivered once
+        # One call per image: nobody asked again.
+        assert len(server.requests) == 2
+        assert sorted(q["image_sha256"] for q in server.requests) == sorted(
+            hashlib.sha256(d).hexdigest() for _, d, _, _ in images)
+        rows = _rows(pg_ctx, job_id)
+        assert len(rows) == 2 and all(r.status == "ok" for r in rows)
 
 
 def _start_service(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -66,11 +67,41 @@ def job_view(job: Job) -> dict[str, Any]:
     }
 
 
+async def _keep_alive(heartbeat: Heartbeat, interval_s: float) -> None:
+    """Beat every ``interval_s`` until cancelled: a job can go longer than the ack wait without
+    writing an answer (one slow call, a 429 pausing every call), and JetStream would then hand
+    the job to another replica, which asks every unanswered image again."""
+    while True:
+        try:
+            await heartbeat.beat()
+        except Exception as exc:  # NATS away: the next beat tries again
+            log.warning("classify job heartbeat failed: %r", exc)
+        await asyncio.sleep(interval_s)
+
+
 async def run_job(ctx: AppContext, req: ClassifyRequest, settings: ClassifierSettings, *,
                   classifiers: dict[str, Classifier] | None = None,
-                  heartbeat: Heartbeat | None = None, progress: bool = False) -> dict[str, Any]:
+                  heartbeat: Heartbeat | None = None, heartbeat_interval_s: float | None = None,
+                  progress: bool = False) -> dict[str, Any]:
     """Run one classify job to the end and record it on its Job row. Raises PoisonMessage for
-    problems a retry cannot fix (unknown ids, configuration), after marking the job failed."""
+    problems a retry cannot fix (unknown ids, configuration), after marking the job failed.
+    With ``heartbeat`` and ``heartbeat_interval_s`` (the worker passes a third of the ack wait)
+    the message is kept in progress for as long as the job runs."""
+    beating = (asyncio.create_task(_keep_alive(heartbeat, heartbeat_interval_s))
+               if heartbeat is not None and heartbeat_interval_s else None)
+    try:
+        return await _run_job(ctx, req, settings, classifiers=classifiers, heartbeat=heartbeat,
+                              progress=progress)
+    finally:
+        if beating is not None:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+
+
+async def _run_job(ctx: AppContext, req: ClassifyRequest, settings: ClassifierSettings, *,
+                   classifiers: dict[str, Classifier] | None,
+                   heartbeat: Heartbeat | None, progress: bool) -> dict[str, Any]:
     total = len(req.image_ids) * req.replicates
     await asyncio.to_thread(ensure_job, ctx, req.job_id, req.model_dump(mode="json"), total)
     await asyncio.to_thread(update_job, ctx, req.job_id, status="running", total=total)
@@ -119,9 +150,14 @@ async def publish_job(bus: Bus, req: ClassifyRequest, correlation_id: str | None
 async def consume_jobs(ctx: AppContext, bus: Bus, settings: ClassifierSettings,
                        stop: asyncio.Event,
                        classifiers: dict[str, Classifier] | None = None) -> None:
+    # A third of the ack wait, so a late beat, or one skipped by Heartbeat's 2 s throttle,
+    # still lands before JetStream gives the job to another replica.
+    interval_s = bus.ack_wait_s / 3
+
     async def handler(env: Envelope[Any], hb: Heartbeat) -> None:
         req: ClassifyRequest = env.payload
-        result = await run_job(ctx, req, settings, classifiers=classifiers, heartbeat=hb)
+        result = await run_job(ctx, req, settings, classifiers=classifiers, heartbeat=hb,
+                               heartbeat_interval_s=interval_s)
         outcome = JobResult(job_id=req.job_id, status="done", detail=str(result["counts"]))
         await bus.publish(subject("jobs", "result"),
                           make_envelope("job.result", outcome, correlation_id=env.correlation_id,
