@@ -185,3 +185,20 @@ def test_onnx_runtime_matches_torch(tiny_checkpoint: Path, tmp_path: Path, sampl
     one = sample_batch(ob, factory, seed=4, indices=[1], channels=2, size=16)  # dynamic batch
     assert (one.raw[0] - rt.raw[1]).abs().max().item() < 1e-4
     assert io.BytesIO(onnx_path.read_bytes()).getbuffer().nbytes > 1000
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_generate_runs_on_cuda(sqlite_ctx: AppContext, tiny_checkpoint: Path, tmp_path: Path,
+                               sampler: str) -> None:
+    """`generate` picks CUDA when there is one and the whole reverse loop runs there."""
+    assert make_backend(load_checkpoint(tiny_checkpoint)).device.type == "cuda"  # type: ignore[attr-defined]
+    mid = register_model(sqlite_ctx, tiny_checkpoint)
+    run = generate(sqlite_ctx, mid, 3, sampler, 100 if sampler == "ddpm" else 5, seed=1,
+                   out_dir=tmp_path / "out", batch_size=2, progress=False)
+    with session_scope(sqlite_ctx.sessions) as s:
+        r = s.get_one(GenerationRun, run.id)
+        assert r.status == "done" and r.qc_summary["n"] == 3
+        assert s.scalar(select(func.count()).select_from(Image)
+                        .where(Image.generation_run_id == run.id)) == 3

@@ -198,3 +198,63 @@ def test_loop_equals_diffusers_pipeline_on_same_unet(sampler: str) -> None:
                output_type="np", **kwargs).images  # (B, H, W, C) in [0, 1]
     ours_np = (ours.clamp(-1, 1) / 2 + 0.5).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(ours_np, ref, atol=1e-5)
+
+
+class _DeviceBackend:
+    """A denoiser stand-in computing on ``device``; records where its inputs arrive."""
+
+    name = "probe"
+
+    def __init__(self, device: str) -> None:
+        self.device = torch.device(device)
+        self.seen: list[tuple[str, str]] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.seen.append((x.device.type, t.device.type))
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_reverse_loop_runs_on_the_backend_device(sampler: str) -> None:
+    """x_t and t go to the backend's device and the scheduler steps there (no CPU/GPU mix).
+
+    The "meta" device stands in for CUDA on a machine without one: every op runs (shapes only),
+    but any tensor left on the CPU that meets a meta tensor of full size would raise.
+    """
+    be = _DeviceBackend("meta")
+    gens = generators(1, [0, 1])
+    steps = 3
+    out = run_reverse(be, sampler_scheduler(TINY.schedule, sampler, steps),
+                      initial_noise((2, 2, 16, 16), gens), gens)
+    assert out.device.type == "meta" and out.shape == (2, 2, 16, 16)
+    assert be.seen == [("meta", "meta")] * steps
+
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_sampling_on_cuda_matches_cpu(sampler: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The net on CUDA: the loop runs there (no device mix) and gives the CPU samples.
+
+    Both use the same per-sample CPU noise, so only float32 rounding differs; TF32 is switched
+    off for the comparison (its 10-bit mantissa would dominate it).
+    """
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    steps = 100 if sampler == "ddpm" else 6
+
+    def factory() -> object:
+        return sampler_scheduler(TINY.schedule, sampler, steps)
+
+    ref = sample_batch(TorchBackend(randomised(TINY.model)), factory, seed=3, indices=[0, 1, 2],
+                       channels=2, size=16)
+    gpu = TorchBackend(randomised(TINY.model).to("cuda"))
+    x = torch.randn(2, 2, 16, 16)
+    assert gpu(x, torch.tensor([1, 2])).device.type == "cpu"  # answers on the input's device
+    gens = generators(3, [0, 1, 2])
+    raw = run_reverse(gpu, factory(), initial_noise((3, 2, 16, 16), gens), gens)
+    assert raw.device.type == "cuda"
+    got = sample_batch(gpu, factory, seed=3, indices=[0, 1, 2], channels=2, size=16)
+    torch.testing.assert_close(got.raw, raw.cpu().clamp(-1, 1), atol=0, rtol=0)
+    assert (got.raw - ref.raw).abs().max().item() < 1e-3

@@ -72,7 +72,10 @@ def providers() -> list[str]:
 
 
 class OrtBackend:
+    """ONNX Runtime session; takes and returns host tensors (the loop runs on the CPU)."""
+
     name = "onnx"
+    device = torch.device("cpu")
 
     def __init__(self, path: Path, *, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -90,4 +93,4 @@ class OrtBackend:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         out = self.session.run(["out"], {"x": x.detach().cpu().float().numpy(),
                                          "t": t.detach().cpu().long().numpy()})[0]
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)

@@ -17,7 +17,11 @@ from torch import Tensor
 
 
 class Backend(Protocol):
-    """Evaluates the denoiser: ``(x (B,C,H,W) float32, t (B,) int64) -> prediction``."""
+    """Evaluates the denoiser: ``(x (B,C,H,W) float32, t (B,) int64) -> prediction``.
+
+    The prediction comes back on ``x``'s device. ``device`` (optional) is where the backend
+    computes; the reverse loop keeps x_t there, so the scheduler never mixes devices.
+    """
 
     name: str
 
@@ -41,6 +45,7 @@ class TorchBackend:
 
     @torch.inference_mode()
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        where = x.device
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -50,7 +55,12 @@ class TorchBackend:
                                 device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.net(x, t.to(self.device), labels)
-        return out.float().contiguous()
+        return out.float().contiguous().to(where)
+
+
+def backend_device(backend: Callable[[Tensor, Tensor], Tensor]) -> torch.device:
+    """Where ``backend`` computes (its ``device`` attribute; CPU for backends without one)."""
+    return torch.device(getattr(backend, "device", "cpu"))
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -76,13 +86,21 @@ def run_reverse(
     gens: list[torch.Generator] | torch.Generator | None,
     on_step: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """x_T → x_0 with the scheduler's timesteps; ``noise`` is x_T."""
-    x = noise * scheduler.init_noise_sigma
+    """x_T → x_0 with the scheduler's timesteps; ``noise`` is x_T.
+
+    The whole loop runs on the backend's device (x_T is moved there, the prediction is kept
+    there), so on a GPU the scheduler step sees one device. The noise of ancestral steps is
+    still drawn from the per-sample CPU generators (diffusers draws on their device, then
+    moves), so a GPU run uses the same noise as a CPU run; on the CPU nothing moves at all.
+    Returns x_0 on that device.
+    """
+    dev = backend_device(backend)
+    x = noise.to(dev) * scheduler.init_noise_sigma
     b = x.shape[0]
     for k, t in enumerate(scheduler.timesteps):
         model_in = scheduler.scale_model_input(x, t)
-        pred = backend(model_in, torch.full((b,), int(t), dtype=torch.long))
-        x = scheduler.step(pred, t, x, generator=gens, return_dict=False)[0]
+        pred = backend(model_in, torch.full((b,), int(t), dtype=torch.long, device=dev))
+        x = scheduler.step(pred.to(x.device), t, x, generator=gens, return_dict=False)[0]
         if on_step is not None:
             on_step(k)
     return x
