@@ -234,6 +234,12 @@ def test_admin_pages_in_browser(store: Any, live: Any, browser: Any, artifacts: 
     page.get_by_label("Admin token").fill(admin)
     page.get_by_role("button", name="Sign in").click()
     assert page.url.endswith(f"/study/admin/{study.id}")
+    # the report link opens with the cookie of this sign-in
+    with page.expect_navigation():
+        page.get_by_role("link", name="Study report").click()
+    assert page.url.endswith(f"/study/admin/{study.id}/report")
+    assert page.locator("#agreement").count() == 1 and page.locator("#llm").count() == 1
+    page.go_back()
     page.get_by_label("Reader name").fill("Dr Web")
     page.get_by_role("button", name="Create invitation link").click()
     link = page.get_by_label("Invitation link").input_value()

@@ -34,7 +34,7 @@ def test_tokens_and_admin_routes(store: Any, live: Any, add_llm: Any) -> None:
         page = c.get(f"/study/r/{t1}/item/1")
         assert page.status_code == 200 and page.headers["referrer-policy"] == "no-referrer"
         # a reader token opens no admin route, by header or by cookie
-        for path in ("", "/progress.json", "/export.csv", "/export.json"):
+        for path in ("", "/progress.json", "/export.csv", "/export.json", "/report"):
             assert c.get(f"/study/admin/{sid}{path}",
                          headers={"Authorization": f"Bearer {t1}"}).status_code == 403
             with httpx.Client(base_url=live.url, cookies={f"sonoaudit_admin_{sid}": t1}) as cc:
@@ -47,9 +47,23 @@ def test_tokens_and_admin_routes(store: Any, live: Any, add_llm: Any) -> None:
         auth = {"Authorization": f"Bearer {admin}"}
         prog = c.get(f"/study/admin/{sid}/progress.json", headers=auth).json()
         assert [p["name"] for p in prog] == ["R1", "R2"] and prog[0]["total"] == 8
+        assert c.get(f"/studies/{sid}/report",
+                     headers={"Authorization": f"Bearer {t1}"}).status_code == 403
         login = c.post(f"/study/admin/{sid}/login", data={"token": admin})
         assert login.status_code == 303
-        assert c.get(f"/study/admin/{sid}").status_code == 200
+        admin_page = c.get(f"/study/admin/{sid}")
+        assert admin_page.status_code == 200
+        assert f'href="/study/admin/{sid}/report"' in admin_page.text
+        # the report opens with the cookie set by the login form (no header) ...
+        rep = c.get(f"/study/admin/{sid}/report", params={"bootstrap": 20})
+        assert rep.status_code == 200 and 'id="agreement"' in rep.text
+        rep_json = c.get(f"/study/admin/{sid}/report",
+                         params={"format": "json", "bootstrap": 20}).json()
+        assert rep_json["study"]["id"] == sid and rep_json["n_items"] == 8
+        # ... the cookie is scoped to the admin path; /studies/{id}/report takes the header
+        assert c.get(f"/studies/{sid}/report").status_code == 403
+        assert c.get(f"/studies/{sid}/report", params={"format": "json", "bootstrap": 20},
+                     headers={"Authorization": f"Bearer {admin}"}).json()["study"]["id"] == sid
         new = c.post(f"/study/admin/{sid}/readers", json={"name": "R3"}, headers=auth).json()
         assert new["link"].startswith(live.url) and new["token"] in new["link"]
         # revoke: the link turns into a 403 page

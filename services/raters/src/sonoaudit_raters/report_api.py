@@ -1,7 +1,10 @@
-"""``GET /studies/{id}/report``: the study report as self-contained HTML, JSON or CSV.
+"""``GET /studies/{id}/report`` and ``GET /study/admin/{id}/report``: the study report as
+self-contained HTML, JSON or CSV.
 
 Admin only, checked by the study area's ``setup.check_admin`` with the same token sources as its
-admin pages (``Authorization: Bearer <token>`` or the study's admin cookie)."""
+admin pages (``Authorization: Bearer <token>`` or the study's admin cookie). The admin cookie is
+scoped to ``/study/admin/{id}``, so a browser signed in on the admin page opens the report at
+the second path; scripts use either path with the bearer header."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
     router = APIRouter(tags=["report"])
 
     @router.get("/studies/{study_id}/report")
+    @router.get("/study/admin/{study_id}/report")
     async def study_report(
         study_id: str,
         request: Request,
