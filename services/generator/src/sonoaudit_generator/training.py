@@ -206,6 +206,12 @@ def train_loop(
             raise CheckpointError(
                 f"{ckpt_dir}: checkpoint is for class {ck.class_label!r}, not {class_label!r}"
             )
+        want_ds, have_ds = (meta or {}).get("dataset_id"), ck.meta.get("dataset_id")
+        if want_ds is not None and have_ds is not None and want_ds != have_ds:
+            raise CheckpointError(
+                f"{ckpt_dir}: checkpoint was trained on dataset {have_ds}, not {want_ds}; "
+                "use a fresh --out or the same dataset"
+            )
         load_weights(net, ck.weights, ckpt_dir, prof.model)
         load_weights(ema, ck.ema, ckpt_dir, prof.model)
         opt.load_state_dict(ck.state["optimizer"])

@@ -179,12 +179,22 @@ class Pipeline:
 
     def step_train(self, outs: dict[str, Any]) -> dict[str, Any]:
         tc = self.cfg.train
+        dataset_id = outs["import"]["dataset_id"]
         models = {}
         for cls in self.cfg.classes:
             self.echo(f"    training the {cls} model ({tc.profile} profile)")
-            models[cls] = self.t.train(outs["import"]["dataset_id"], cls, tc.profile, tc.seed,
-                                       tc.steps, self.out / "models" / cls)
+            models[cls] = self.t.train(dataset_id, cls, tc.profile, tc.seed, tc.steps,
+                                       self._model_dir(dataset_id, cls))
         return {"models": models}
+
+    def _model_dir(self, dataset_id: str, cls: str) -> Path:
+        """One folder per training inputs: an interrupted run resumes its own checkpoint, and a
+        run with other data, profile, steps or seed trains afresh instead of reusing (or failing
+        on) a checkpoint made from other inputs."""
+        tc = self.cfg.train
+        key = _hash({"dataset_id": dataset_id, "class": cls, "profile": tc.profile,
+                     "steps": tc.steps, "seed": tc.seed})[:16]
+        return self.out / "models" / cls / key
 
     def step_generate(self, outs: dict[str, Any]) -> dict[str, Any]:
         g = self.cfg.generate

@@ -55,6 +55,8 @@ class EmbeddedTransport:
         from sonoaudit_generator.store_training import train_model
 
         # An interrupted earlier run left a checkpoint: continue it rather than start over.
+        # out_dir is keyed by the training inputs (Pipeline._model_dir), so the checkpoint there
+        # was made from the same dataset, class, profile, steps and seed.
         resume = (out_dir / "checkpoint" / "checkpoint.json").is_file()
         model = train_model(self.ctx, dataset_id, class_label, profile, out_dir, seed,
                             steps=steps, resume=resume)
