@@ -75,6 +75,7 @@ def out_dir_for(ctx: AppContext, job_id: str) -> Path:
 
 def run_train_job(ctx: AppContext, req: TrainRequest) -> dict[str, Any]:
     """Run one training job to completion (blocking); the Job row follows it."""
+    from sonoaudit_generator.checkpoint import has_checkpoint
     from sonoaudit_generator.store_training import train_model
 
     check_request(ctx, req)
@@ -85,7 +86,7 @@ def run_train_job(ctx: AppContext, req: TrainRequest) -> dict[str, Any]:
     update_job(ctx, req.job_id, status="running")
     out = out_dir_for(ctx, req.job_id)
     # A redelivered job (worker died mid-run) continues its own checkpoint.
-    resume = (out / "checkpoint" / "checkpoint.json").is_file()
+    resume = has_checkpoint(out / "checkpoint")
     model = train_model(ctx, req.dataset_id, req.class_label, req.profile, out, req.seed,
                         steps=req.steps, resume=resume, progress=False)
     if model is None:

@@ -1,14 +1,22 @@
 """Checkpoints: safetensors weights (raw and EMA), JSON config, training state; atomic and verified.
 
-Every file is written atomically (temporary file + rename) and ``checkpoint.json`` is written last,
-listing the sha256 of every other file. Loading checks those hashes, so a checkpoint cut short by a
-crash or damaged on disk is refused with the name of the bad file instead of loading garbage.
+A checkpoint is one folder; ``checkpoint.json`` in it lists the sha256 of every other file, and
+loading checks those hashes, so a folder damaged on disk is refused with the name of the bad file
+instead of loading garbage.
+
+Saving is atomic for the folder as a whole: every file goes into a sibling ``.<name>.new`` folder
+(``checkpoint.json`` last, everything fsynced), then the old folder is renamed to ``.<name>.old``,
+the new one into place, and the old one deleted. A crash while writing leaves the previous folder
+untouched; a crash between the two renames (no ``<name>`` at all) is repaired on the next load or
+save, which puts back the complete new folder, or else the old one.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +65,12 @@ def save_checkpoint(
     state: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    recover(path)
+    new, old = _sibling(path, "new"), _sibling(path, "old")
+    shutil.rmtree(new, ignore_errors=True)  # a save that died before its swap
+    new.mkdir(parents=True)
+
     def blob(sd: dict[str, torch.Tensor]) -> bytes:
         return st_save({k: v.detach().cpu().contiguous() for k, v in sd.items()})
 
@@ -71,14 +84,51 @@ def save_checkpoint(
     if state is not None:
         files["training_state.pt"] = _state_bytes(state)
     for name, data in files.items():
-        atomic_write_bytes(path / name, data)
+        atomic_write_bytes(new / name, data)
     manifest = {
         "format": FORMAT, "step": step, "class_label": class_label,
         "files": {name: sha256_bytes(data) for name, data in files.items()},
         "meta": meta or {},
     }
-    atomic_write_bytes(path / MANIFEST, json.dumps(manifest, indent=2).encode())
+    atomic_write_bytes(new / MANIFEST, json.dumps(manifest, indent=2).encode())
+    _fsync_dir(new)
+    shutil.rmtree(old, ignore_errors=True)  # left by a save that died after its swap
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def recover(path: Path) -> None:
+    """Repair a save that died between its two renames: ``path`` is missing but the complete new
+    (or the previous) folder sits beside it. A no-op in every other case."""
+    path = Path(path)
+    if path.exists():
+        return
+    for kind in ("new", "old"):
+        cand = _sibling(path, kind)
+        if (cand / MANIFEST).is_file():
+            os.replace(cand, path)
+            return
 
 
 def _read_verified(path: Path, name: str, digest: str) -> bytes:
@@ -93,8 +143,18 @@ def _read_verified(path: Path, name: str, digest: str) -> bytes:
     return data
 
 
+def has_checkpoint(path: Path) -> bool:
+    """Whether ``path`` holds a finished checkpoint (after repairing an interrupted swap)."""
+    recover(Path(path))
+    return (Path(path) / MANIFEST).is_file()
+
+
 def load_checkpoint(path: Path, *, with_state: bool = False) -> Checkpoint:
     path = Path(path)
+    try:
+        recover(path)
+    except OSError:  # read-only store: report what is there
+        pass
     mf = path / MANIFEST
     if not mf.is_file():
         raise CheckpointError(f"{mf}: not found; {path} is not a complete sonoaudit checkpoint")
