@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
 from sonoaudit.bus import Bus, PoisonMessage, TransientError
 from sonoaudit.bus.client import Heartbeat
 from sonoaudit.messages import STREAMS, Envelope, make_envelope
@@ -173,3 +175,70 @@ async def test_connect_retry_gives_clear_error() -> None:
     bus = Bus("nats://127.0.0.1:1")
     with pytest.raises(ConnectionError, match="not reachable after 2 attempts"):
         await bus.connect(attempts=2, wait_s=0.05)
+
+
+async def test_message_exhausted_unsettled_is_dead_lettered(nats_server: str) -> None:
+    """A worker killed on every delivery never settles the message; JetStream stops after
+    max_deliver and only emits an advisory. The watcher dead-letters it (DLQ stream and sink)
+    and removes it from the work queue, where nobody would deliver it again."""
+    bus = await _bus(nats_server, max_deliver=2, ack_wait_s=0.5)
+    await bus.declare()
+    seen: list[Any] = []
+
+    async def sink(notice: Any) -> None:
+        seen.append(notice)
+
+    await bus.watch_max_deliveries(STREAMS, on_dead_letter=sink)
+    await bus.publish(SUBJECT, _req("killed-every-time"))
+    sub = await bus.js.pull_subscribe_bind(SPEC.consumer, stream=SPEC.name)
+    for _ in range(2):  # two deliveries, never acked: the "worker" died each time
+        msgs = await sub.fetch(1, timeout=5)
+        assert len(msgs) == 1
+        await asyncio.sleep(0.7)  # past ack_wait
+    # the server notices the exhausted message when it next looks for one to deliver, i.e. when
+    # a live worker pulls; that worker gets nothing
+    with pytest.raises(NatsTimeout):
+        await sub.fetch(1, timeout=1)
+    for _ in range(50):
+        if seen:
+            break
+        await asyncio.sleep(0.1)
+    assert len(seen) == 1 and seen[0].deliveries == 2
+    assert "no answer from the worker" in seen[0].error
+    assert json.loads(seen[0].data)["payload"]["job_id"] == "killed-every-time"
+    dead = await _dlq(bus)
+    assert [d["message_id"] for d in dead] == [seen[0].message_id]
+    assert (await bus.js.stream_info(SPEC.name)).state.messages == 0
+    await sub.unsubscribe()
+    await bus.close()
+    await (await _bus(nats_server)).close()  # restore the default consumer settings
+
+
+async def test_consume_survives_a_failed_settle_and_sets_the_correlation_id(
+        nats_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sonoaudit.correlation import correlation_id
+
+    bus = await _bus(nats_server)
+    env1, env2 = _req("first"), _req("second")
+    await bus.publish(SUBJECT, env1)
+    await bus.publish(SUBJECT, env2)
+    calls: list[str | None] = []
+    real_ack = Msg.ack_sync
+    failed: list[int] = []
+
+    async def flaky_ack(self: Msg, timeout: float = 1.0) -> Any:
+        if not failed:  # the first ack is lost with the connection
+            failed.append(1)
+            raise ConnectionError("connection closed")
+        return await real_ack(self, timeout=timeout)
+
+    monkeypatch.setattr(Msg, "ack_sync", flaky_ack)
+
+    async def handler(env: Envelope[Any], hb: Heartbeat) -> None:
+        calls.append(correlation_id.get())
+
+    await _run_until(bus, handler, 2, calls)
+    # the consumer went on after the failed settle and handled the second message
+    assert calls[:2] == [env1.correlation_id, env2.correlation_id]
+    assert correlation_id.get() is None  # reset after each message
+    await bus.close()

@@ -65,3 +65,46 @@ def test_poison_message_visible_through_api(nats_server: str, tmp_path: Path) ->
     assert letters[0]["subject"] == "sonoaudit.generate.request"
     assert "model nope does not exist" in letters[0]["error"]
     assert '"job_id":"poison-1"' in letters[0]["data"]
+
+
+def test_crashed_worker_is_restarted_and_consumes(nats_server: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    runtime = ServiceRuntime("test", Settings(home=tmp_path, database_url=url,
+                                              nats_url=nats_server))
+    starts: list[int] = []
+    handled: list[str] = []
+
+    async def worker(rt: ServiceRuntime, stop: asyncio.Event) -> None:
+        assert rt.bus is not None
+        starts.append(1)
+        if len(starts) == 1:
+            await rt.bus.js.purge_stream("GENERATE")
+            raise RuntimeError("bug in the worker's first start")
+
+        async def handler(env: Any, hb: Any) -> None:
+            handled.append(env.payload.job_id)
+
+        await rt.bus.consume(stream_for(subject("generate", "request")), GenerateRequest,
+                             handler, stop=stop, fetch_timeout_s=0.2)
+
+    runtime.add_worker(worker)
+    app = base_app("test", runtime.lifespan(), runtime.ready)
+
+    async def publish() -> None:
+        bus = Bus(nats_server)
+        await bus.connect(attempts=3, wait_s=0.2)
+        await bus.publish(subject("generate", "request"), make_envelope(
+            "generate.request", GenerateRequest(job_id="after-crash", model_id="m", n=1,
+                                                steps=1)))
+        await bus.close()
+
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 20
+        while not starts and time.monotonic() < deadline:
+            time.sleep(0.1)
+        asyncio.run(publish())
+        while not handled and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/readyz").status_code == 200
+    assert handled == ["after-crash"] and len(starts) == 2 and runtime.worker_restarts == 1

@@ -19,6 +19,7 @@ from sonoaudit.context import AppContext, build_context
 from sonoaudit.db.models import DeadLetter
 from sonoaudit.db.session import ping, session_scope
 from sonoaudit.messages.payloads import DeadLetterNotice
+from sonoaudit.messages.registry import STREAMS
 from sonoaudit.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class ServiceRuntime:
         self._workers: list[Worker] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self.started = asyncio.Event()
+        self.worker_restarts = 0
 
     def add_worker(self, worker: Worker) -> None:
         self._workers.append(worker)
@@ -66,12 +68,15 @@ class ServiceRuntime:
         assert self.settings.nats_url
         bus = Bus(self.settings.nats_url, duplicate_window_s=self.settings.nats_duplicate_window_s,
                   max_deliver=self.settings.nats_max_deliver,
-                  ack_wait_s=self.settings.nats_ack_wait_s, name=self.name)
+                  ack_wait_s=self.settings.nats_ack_wait_s,
+                  max_ack_pending=self.settings.nats_max_ack_pending, name=self.name)
         while not self.stop.is_set():
             try:
                 await bus.connect(attempts=1)
                 await bus.declare()
                 bus.dead_letter_sink = self._store_dead_letter
+                if self._workers:  # only services that consume watch for exhausted messages
+                    await bus.watch_max_deliveries(STREAMS)
                 self.bus = bus
                 return
             except Exception as exc:
@@ -81,8 +86,8 @@ class ServiceRuntime:
 
     async def _store_dead_letter(self, notice: DeadLetterNotice) -> None:
         ctx = self.ctx
-        if ctx is None:
-            return
+        if ctx is None:  # the DLQ stream still holds it; say so rather than drop it quietly
+            raise RuntimeError("database not connected: dead letter kept only in the DLQ stream")
 
         def write() -> None:
             with session_scope(ctx.sessions) as s:
@@ -109,7 +114,24 @@ class ServiceRuntime:
                 self.ctx.bus = self.bus
         self.started.set()
         for worker in self._workers:
-            self._tasks.append(asyncio.create_task(worker(self, self.stop)))
+            self._tasks.append(asyncio.create_task(self._supervise(worker)))
+
+    async def _supervise(self, worker: Worker) -> None:
+        """Run a worker until stop; one that crashes is restarted, so a service never stays up
+        (and ready) with nobody consuming its queue."""
+        delay = 1.0
+        while not self.stop.is_set():
+            try:
+                await worker(self, self.stop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.worker_restarts += 1
+                log.exception("%s: worker %s crashed; restarting in %.0f s", self.name,
+                              getattr(worker, "__name__", worker), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def ready(self) -> dict[str, bool]:
         ctx = self.ctx

@@ -9,7 +9,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import Any
 
 from fastapi import FastAPI, Query, Request, Response
@@ -23,7 +22,8 @@ from prometheus_client import (
 )
 from starlette.routing import Match
 
-correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+from sonoaudit.correlation import correlation_id
+
 access_log = logging.getLogger("sonoaudit.access")
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     nats_duplicate_window_s: float = Field(default=600.0, gt=0)
     nats_max_deliver: int = Field(default=5, ge=1)
     nats_ack_wait_s: float = Field(default=30.0, gt=0)
+    # Messages in flight per consumer across all replicas: keep it >= the replicas that should
+    # work at once (deploy/k8s HPA maxReplicas), or the extra replicas sit idle.
+    nats_max_ack_pending: int = Field(default=16, ge=1)
     db_connect_attempts: int = Field(default=30, ge=1)
     db_connect_wait_s: float = Field(default=1.0, gt=0)
     # Where the distributed pipeline (``sonoaudit run-study`` with NATS + Postgres) reaches the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,9 +23,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 from pydantic import BaseModel, ValidationError
 
+from sonoaudit.correlation import correlation_id
 from sonoaudit.messages.envelope import Envelope
 from sonoaudit.messages.payloads import DeadLetterNotice
 from sonoaudit.messages.registry import PREFIX, STREAMS, StreamSpec
+
+# JetStream announces a message that ran out of deliveries without being settled (its worker was
+# killed on every delivery) only as this advisory; nobody else would ever see that message again.
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +81,7 @@ class Bus:
         duplicate_window_s: float = 600.0,
         max_deliver: int = 5,
         ack_wait_s: float = 30.0,
-        max_ack_pending: int = 4,
+        max_ack_pending: int = 16,
         name: str = "sonoaudit",
     ) -> None:
         self.url = url
@@ -189,17 +195,86 @@ class Bus:
         )
         return not ack.duplicate
 
-    async def dead_letter(self, subject: str, msg: Msg, error: str) -> None:
-        notice = DeadLetterNotice(
+    @staticmethod
+    def notice_for(subject: str, msg: Msg, error: str) -> DeadLetterNotice:
+        return DeadLetterNotice(
             subject=subject,
             message_id=(msg.headers or {}).get("Nats-Msg-Id"),
             deliveries=msg.metadata.num_delivered,
             error=error,
             data=msg.data.decode("utf-8", errors="replace"),
         )
+
+    async def dead_letter(self, subject: str, msg: Msg, error: str) -> None:
+        await self._publish_dead_letter(self.notice_for(subject, msg, error))
+
+    async def _publish_dead_letter(self, notice: DeadLetterNotice,
+                                   msg_id: str | None = None) -> None:
         await self.js.publish(
-            f"{PREFIX}.dlq.{capability_of(subject)}", notice.model_dump_json().encode()
+            f"{PREFIX}.dlq.{capability_of(notice.subject)}", notice.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": msg_id} if msg_id else None,
         )
+
+    async def _notify_sinks(
+        self, notice: DeadLetterNotice,
+        on_dead_letter: Callable[[DeadLetterNotice], Awaitable[None]] | None,
+    ) -> None:
+        for sink in (self.dead_letter_sink, on_dead_letter):
+            if sink is not None:
+                try:
+                    await sink(notice)
+                except Exception:  # the DLQ stream already holds it; never block the settle
+                    log.exception("dead-letter callback failed for %s", notice.subject)
+
+    async def watch_max_deliveries(
+        self, streams: tuple[StreamSpec, ...],
+        on_dead_letter: Callable[[DeadLetterNotice], Awaitable[None]] | None = None,
+        queue: str = "sonoaudit-max-deliveries",
+    ) -> None:
+        """Dead-letter messages that ran out of deliveries unsettled (a worker killed on every
+        delivery): JetStream stops redelivering them and says so only in an advisory. Every
+        service subscribes in one queue group, so each advisory is handled once."""
+        by_name = {spec.name: spec for spec in streams if spec.consumer}
+
+        async def on_advisory(adv: Msg) -> None:
+            try:
+                await self._dead_letter_exhausted(json.loads(adv.data), by_name, on_dead_letter)
+            except Exception:
+                log.exception("could not dead-letter an exhausted message: %s", adv.data[:500])
+
+        for spec in by_name.values():
+            assert self._nc is not None
+            await self._nc.subscribe(
+                f"{MAX_DELIVERIES_ADVISORY}.{spec.name}.{spec.consumer}", queue=queue,
+                cb=on_advisory)
+
+    async def _dead_letter_exhausted(
+        self, advisory: dict[str, Any], by_name: dict[str, StreamSpec],
+        on_dead_letter: Callable[[DeadLetterNotice], Awaitable[None]] | None,
+    ) -> None:
+        spec = by_name.get(str(advisory.get("stream")))
+        seq = int(advisory["stream_seq"])
+        if spec is None:
+            return
+        try:
+            stored = await self.js.get_msg(spec.name, seq)
+        except NotFoundError:
+            return  # settled after all (acked late, or purged)
+        data = stored.data or b""
+        notice = DeadLetterNotice(
+            subject=stored.subject or spec.subjects[0],
+            message_id=(stored.headers or {}).get("Nats-Msg-Id"),
+            deliveries=int(advisory.get("deliveries", self.max_deliver)),
+            error=(f"gave up after {advisory.get('deliveries')} deliveries with no answer from "
+                   "the worker (killed or stuck on every delivery)"),
+            data=data.decode("utf-8", errors="replace"),
+        )
+        log.error("dead-lettering exhausted message %s#%d", spec.name, seq)
+        await self._publish_dead_letter(notice, msg_id=f"exhausted-{spec.name}-{seq}")
+        await self._notify_sinks(notice, on_dead_letter)
+        # a work-queue message nobody will ever deliver again would otherwise sit there forever
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_msg(spec.name, seq)
 
     # -- consume ----------------------------------------------------------------------------
     async def process_one(
@@ -213,6 +288,7 @@ class Bus:
         except ValidationError as exc:
             await self._give_up(subject, msg, f"invalid message: {exc}", on_dead_letter)
             return "term"
+        token = correlation_id.set(envelope.correlation_id)  # worker logs carry the caller's id
         try:
             await handler(envelope, Heartbeat(msg))
         except PoisonMessage as exc:
@@ -231,6 +307,8 @@ class Bus:
                         msg.metadata.num_delivered, exc)
             await msg.nak(delay=delay)
             return "nak"
+        finally:
+            correlation_id.reset(token)
         await msg.ack_sync()
         return "ack"
 
@@ -239,18 +317,9 @@ class Bus:
         on_dead_letter: Callable[[DeadLetterNotice], Awaitable[None]] | None,
     ) -> None:
         log.error("dead-lettering message on %s: %s", subject, error)
-        await self.dead_letter(subject, msg, error)
-        notice = DeadLetterNotice(
-            subject=subject, message_id=(msg.headers or {}).get("Nats-Msg-Id"),
-            deliveries=msg.metadata.num_delivered, error=error,
-            data=msg.data.decode("utf-8", errors="replace"),
-        )
-        for sink in (self.dead_letter_sink, on_dead_letter):
-            if sink is not None:
-                try:
-                    await sink(notice)
-                except Exception:  # the DLQ stream already holds it; never block the term
-                    log.exception("dead-letter callback failed for %s", subject)
+        notice = self.notice_for(subject, msg, error)
+        await self._publish_dead_letter(notice)
+        await self._notify_sinks(notice, on_dead_letter)
         await msg.term()
 
     async def consume(
@@ -276,8 +345,17 @@ class Bus:
                 except NotFoundError:
                     await asyncio.sleep(fetch_timeout_s)
                     continue
+                except Exception as exc:  # connection lost mid-fetch: the client reconnects
+                    log.warning("fetch from %s failed: %r; retrying", spec.consumer, exc)
+                    await asyncio.sleep(fetch_timeout_s)
+                    continue
                 for msg in msgs:
-                    await self.process_one(msg, payload_type, handler, on_dead_letter)
+                    try:
+                        await self.process_one(msg, payload_type, handler, on_dead_letter)
+                    except Exception:
+                        # Settling failed (ack/nak/term lost with the connection): the message is
+                        # redelivered after ack_wait; the worker must keep consuming.
+                        log.exception("could not settle a message from %s", spec.consumer)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -57,7 +57,12 @@ def render() -> dict[str, str]:
         "Work-queue consumers: explicit ack after the result is committed; `nak(delay)` on "
         "transient",
         "errors; `term` plus a copy on `sonoaudit.dlq.<capability>` for poison messages or after",
-        "`max_deliver` deliveries; `in_progress` heartbeats during long work.",
+        "`max_deliver` deliveries; `in_progress` heartbeats during long work. A message whose",
+        "worker died on every delivery is never settled: the consuming services watch",
+        "`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>` (one queue group), copy",
+        "it to the DLQ and the store, and delete it from the work queue. `max_ack_pending`",
+        "(`SONOAUDIT_NATS_MAX_ACK_PENDING`, default 16) bounds messages in flight per consumer",
+        "across all replicas: keep it at least the number of replicas meant to work at once.",
         "",
     ])
     return files
