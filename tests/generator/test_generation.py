@@ -202,3 +202,63 @@ def test_generate_runs_on_cuda(sqlite_ctx: AppContext, tiny_checkpoint: Path, tm
         assert r.status == "done" and r.qc_summary["n"] == 3
         assert s.scalar(select(func.count()).select_from(Image)
                         .where(Image.generation_run_id == run.id)) == 3
+
+
+def test_onnx_export_is_redone_when_the_checkpoint_moved_on(
+        tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A denoiser.onnx left from an earlier step (resume/retrain) is not reused: the sidecar's
+    step and EMA sha256 are checked and a stale export is redone; a current one is reused."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from sonoaudit_generator import onnx_backend
+    from sonoaudit_generator.checkpoint import save_checkpoint
+
+    ckpt_dir = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt_dir)
+    old = load_checkpoint(ckpt_dir, with_state=True)
+    make_backend(old, "onnx")
+    onnx_file = ckpt_dir / "denoiser.onnx"
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    for f in (onnx_file, onnx_file.with_suffix(".json")):
+        shutil.copy(f, keep / f.name)
+    exports: list[int] = []
+    real_export = onnx_backend.export_onnx
+
+    def counting(ck: object, path: Path) -> Path:
+        exports.append(1)
+        return real_export(ck, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnx_backend, "export_onnx", counting)
+    make_backend(load_checkpoint(ckpt_dir), "onnx")
+    assert exports == []  # current: reused
+
+    # training resumed: a later step with other EMA weights, and the old export still beside it
+    g = torch.Generator().manual_seed(1)
+    ema = {k: v + torch.randn(v.shape, generator=g) * 0.05 for k, v in old.ema.items()}
+    save_checkpoint(ckpt_dir, profile=old.profile, class_label=old.class_label,
+                    step=old.step + 5, weights=old.weights, ema=ema, state=old.state,
+                    meta=old.meta)
+    for f in keep.iterdir():
+        shutil.copy(f, ckpt_dir / f.name)
+    new = load_checkpoint(ckpt_dir)
+    ob = make_backend(new, "onnx")
+    assert exports == [1]
+    side = json.loads(onnx_file.with_suffix(".json").read_text())
+    assert side["step"] == old.step + 5 and side["ema_sha256"] == new.digests["ema.safetensors"]
+    x = torch.randn(2, 2, 16, 16, generator=g)
+    t = torch.tensor([5, 60])
+    fresh = make_backend(new, "torch", device="cpu")(x, t)
+    stale = make_backend(old, "torch", device="cpu")(x, t)
+    assert (fresh - stale).abs().max().item() > 1e-2  # the two weight sets really differ
+    assert (ob(x, t) - fresh).abs().max().item() < 1e-4
+
+    # same step, other weights (a retrain into the same folder): the sha256 tells them apart
+    side["ema_sha256"] = "0" * 64
+    onnx_file.with_suffix(".json").write_text(json.dumps(side))
+    make_backend(new, "onnx")
+    assert exports == [1, 1]
+    onnx_file.with_suffix(".json").unlink()  # no sidecar: cannot tell, so re-export
+    make_backend(new, "onnx")
+    assert exports == [1, 1, 1]

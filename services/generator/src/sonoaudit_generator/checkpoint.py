@@ -17,7 +17,7 @@ import io
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class Checkpoint:
     ema: dict[str, torch.Tensor]
     state: dict[str, Any]  # optimizer + loss curve (present only in training checkpoints)
     meta: dict[str, Any]
+    digests: dict[str, str] = field(default_factory=dict)  # file name -> sha256 (checkpoint.json)
 
 
 def _state_bytes(state: dict[str, Any]) -> bytes:
@@ -181,7 +182,7 @@ def load_checkpoint(path: Path, *, with_state: bool = False) -> Checkpoint:
         path=path, profile=prof, class_label=cfg.get("class_label"),
         step=int(manifest.get("step", 0)),
         weights=st_load(blobs["model.safetensors"]), ema=st_load(blobs["ema.safetensors"]),
-        state=state, meta=manifest.get("meta", {}),
+        state=state, meta=manifest.get("meta", {}), digests=dict(files),
     )
 
 

@@ -71,12 +71,10 @@ def make_backend(ckpt: Checkpoint, backend: str = "torch", *, device: str | None
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return TorchBackend(net.to(dev), bf16=bf16)
     if backend == "onnx":
-        from sonoaudit_generator.onnx_backend import OrtBackend, export_onnx
+        from sonoaudit_generator.onnx_backend import OrtBackend, ensure_onnx
 
-        onnx_path = ckpt.path / "denoiser.onnx"
-        if not onnx_path.exists():
-            export_onnx(ckpt, onnx_path)
-        return OrtBackend(onnx_path)
+        # re-exported when the checkpoint moved on (resumed or retrained) since the last export
+        return OrtBackend(ensure_onnx(ckpt, ckpt.path / "denoiser.onnx"))
     raise GenerationError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 

@@ -52,14 +52,46 @@ def export_module(net: torch.nn.Module, size: int, channels: int, path: Path) ->
     return path
 
 
+def _origin(ckpt: Checkpoint) -> dict[str, Any]:
+    """What an export is made from: the checkpoint's step and the sha256 of its EMA weights."""
+    return {"step": ckpt.step, "ema_sha256": ckpt.digests.get("ema.safetensors"), "opset": OPSET}
+
+
 def export_onnx(ckpt: Checkpoint, path: Path) -> Path:
-    """Export the EMA weights of a checkpoint; a JSON sidecar says which checkpoint it came from."""
+    """Export the EMA weights of a checkpoint; a JSON sidecar says which checkpoint it came from
+    (folder, step, sha256 of the EMA weights), so a stale export can be recognised."""
+    from sonoaudit.filestore import atomic_write_bytes
+
     net = build_denoiser(ckpt.profile.model)
     load_weights(net, ckpt.ema, ckpt.path, ckpt.profile.model)
+    sidecar = path.with_suffix(".json")
+    sidecar.unlink(missing_ok=True)  # never a new model beside the old model's sidecar
     export_module(net, ckpt.profile.model.sample_size, ckpt.profile.model.in_channels, path)
-    path.with_suffix(".json").write_text(json.dumps(
-        {"checkpoint": str(ckpt.path), "step": ckpt.step, "opset": OPSET,
-         "inputs": {"x": "float32 (B,C,H,W)", "t": "int64 (B,)"}}, indent=2))
+    atomic_write_bytes(sidecar, json.dumps(
+        {"checkpoint": str(ckpt.path), **_origin(ckpt),
+         "inputs": {"x": "float32 (B,C,H,W)", "t": "int64 (B,)"}}, indent=2).encode())
+    return path
+
+
+def export_is_current(ckpt: Checkpoint, path: Path) -> bool:
+    """Whether ``path`` is an export of exactly these weights: the model file and its sidecar
+    exist and the sidecar's step, EMA sha256 and opset are the checkpoint's."""
+    sidecar = path.with_suffix(".json")
+    if not (path.is_file() and sidecar.is_file()):
+        return False
+    try:
+        info = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return False
+    want = _origin(ckpt)
+    return (isinstance(info, dict) and want["ema_sha256"] is not None
+            and all(info.get(k) == v for k, v in want.items()))
+
+
+def ensure_onnx(ckpt: Checkpoint, path: Path) -> Path:
+    """The ONNX export of this checkpoint at ``path``: reused when current, else (re)exported."""
+    if not export_is_current(ckpt, path):
+        export_onnx(ckpt, path)
     return path
 
 
