@@ -113,7 +113,7 @@ def build_study(ctx: AppContext, busbra: Path, per_group: int = 6, seed: int = 0
                 label = im.class_label if rng.random() < 0.7 else str(rng.choice(CLASSES))
                 s.add(LLMClassification(
                     image_id=im.id, image_sha256=im.sha256, backend="fake", model="fake-model",
-                    prompt_version="v1", prompt_hash="0" * 64, condition="image_only",
+                    prompt_version="v1", prompt_hash="0" * 64, condition="image",
                     replicate=rep, status="ok" if ok else "abstain",
                     label=label if ok else None, confidence=0.8 if ok else None))
         real = [i for i in images if i.source == "real"]

@@ -77,7 +77,7 @@ def add_llm_answers(ctx: AppContext, image_ids: list[str], label: str = "maligna
             img = s.get_one(Image, iid)
             s.add(LLMClassification(
                 image_id=iid, image_sha256=img.sha256, backend="fake", model="fake-llm",
-                prompt_version="v1", prompt_hash="0" * 64, condition="image+mask", replicate=0,
+                prompt_version="v1", prompt_hash="0" * 64, condition="side_by_side", replicate=0,
                 status="ok", label=label, confidence=0.7,
                 rationale=f"LLM-RATIONALE-{n}: irregular margins and posterior shadowing"))
 

@@ -81,3 +81,8 @@ def test_cli_errors_are_clear(cli_env: Any, tmp_path: Path) -> None:
     res = runner.invoke(app, ["study", "create", "x", "--dataset", cli_env.dataset_id,
                               "--config", str(bad_yaml)])
     assert res.exit_code == 2 and "cfg.yaml: not valid YAML" in res.output
+    bad_cond = tmp_path / "cond.yaml"
+    bad_cond.write_text("llm: {condition: image+mask}\n")
+    res = runner.invoke(app, ["study", "create", "x", "--dataset", cli_env.dataset_id,
+                              "--config", str(bad_cond)])
+    assert res.exit_code == 2 and "llm.condition" in res.output and "side_by_side" in res.output

@@ -211,6 +211,11 @@ def test_http_study_creation(store: Any, live: Any, creator_token: str) -> None:
             "config": {"questions": [{"key": "q", "kind": "scale", "stage": "read",
                                       "prompt": "?", "min": 0, "max": 10, "step": 3}]}})
         assert bad_cfg.status_code == 422 and "divisible" in bad_cfg.text
+        bad_cond = c.post("/study/admin/studies", headers=auth, json={
+            "name": "bad cond", "real_image_ids": store.real_ids(1),
+            "config": {"llm": {"condition": "image+mask"}}})
+        assert bad_cond.status_code == 422 and bad_cond.json()["field"] == "config"
+        assert "llm.condition" in bad_cond.json()["detail"]
         assert c.post("/study/admin/studies", headers=auth,
                       json={"name": "x", "colour": "red"}).status_code == 422
         prog = c.get(f"/study/admin/{sid}/progress.json",

@@ -206,6 +206,34 @@ def test_distinct_event_ids_are_never_taken_for_a_retry(backend: str,
     assert view_for_token(st.ctx, tok).done == 4
 
 
+def test_llm_filter_condition_is_a_classifier_condition(store: Any) -> None:
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+    from sonoaudit.db.models import LLMClassification
+    from sonoaudit.db.session import session_scope
+
+    real = store.real_ids(1)
+    with pytest.raises(ValidationError, match=r"llm\.condition") as err:
+        create_study(store.ctx, "bad cond", real, [], config={"llm": {"condition": "image+mask"}})
+    assert "side_by_side" in str(err.value)  # says what is expected
+    study, _ = create_study(store.ctx, "cond", real, [],
+                            config={"llm": {"condition": "side_by_side"}}, seed=0)
+    tok = add_reader(store.ctx, study.id, "A")
+    item = view_for_token(store.ctx, tok).items[0]
+    with store.ctx.sessions() as s:
+        img = s.get_one(Image, item.image_id)
+    with session_scope(store.ctx.sessions) as s:  # the later row has another condition
+        for k, cond in enumerate(["side_by_side", "image"]):
+            s.add(LLMClassification(created_at=datetime(2026, 1, 1 + k, tzinfo=UTC),
+                image_id=img.id, image_sha256=img.sha256, backend="b", model="m",
+                prompt_version="v1", prompt_hash="0" * 64, condition=cond, replicate=0,
+                status="ok", label="benign", rationale=f"cond {cond}"))
+    submit(store.ctx, tok, item.item_key, "read", {"class": "benign", "confidence": "40"},
+           client_event_id="cond-read")
+    assert reveal_llm(store.ctx, tok, item.item_key).rationale == "cond side_by_side"
+
+
 def test_export_hidden_columns_and_import_roundtrip(store: Any, add_llm: Any,
                                                      tmp_path: Path) -> None:
     real, synth = store.real_ids(2), store.synthetic_ids(2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sonoaudit.messages.payloads import Condition
 
 from sonoaudit_raters.study.errors import InvalidAnswer
 
@@ -131,7 +132,9 @@ class LLMFilter(BaseModel):
     backend: str | None = None
     model: str | None = None
     prompt_version: str | None = None
-    condition: str | None = None
+    # The classifier's condition names (shared with its job payload): a name it never stores
+    # would match nothing and readers would silently never see the LLM answer.
+    condition: Condition | None = None
 
 
 class StudyConfig(BaseModel):
