@@ -165,8 +165,8 @@ def test_report_endpoint_requires_the_admin_token(postgres_url: str, built: Buil
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("Debian chromium not installed (apt-get install -y chromium)")
+    if not chromium.exists():  # fail, as the study's browser tests do: a skip would pass CI
+        pytest.fail("Debian chromium missing: apt-get install -y chromium")
     from playwright.sync_api import sync_playwright
 
     out = tmp_path / "report"
