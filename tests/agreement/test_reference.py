@@ -175,6 +175,21 @@ def test_bootstrap_percentile_matches_naive_resampling_loop() -> None:
         _, kf, ac1 = loop_gwet(t.codes[idx], 3)
         assert res["fleiss_kappa"].replicates[b] == pytest.approx(kf, abs=1e-5)
         assert res["gwet_ac1"].replicates[b] == pytest.approx(ac1, abs=1e-5)
+    # Pairwise Cohen's kappa: every replicate equals scikit-learn on that replicate's resampled
+    # items (with repeats) that both raters rated.
+    assert [(p["rater_a"], p["rater_b"]) for p in res["cohen_kappa_pairwise"]] == [
+        (t.raters[i], t.raters[j]) for i, j in itertools.combinations(range(3), 2)]
     for (i, j), p in zip(itertools.combinations(range(3), 2), res["cohen_kappa_pairwise"],
                          strict=True):
-        assert (p["rater_a"], p["rater_b"]) == (t.raters[i], t.raters[j])
+        reps = p["_estimate"].replicates
+        assert reps.size == 50
+        for b in range(50):
+            idx = np.repeat(np.arange(t.n_items), W[b].astype(int))
+            a_codes, b_codes = t.codes[idx, i], t.codes[idx, j]
+            both = (a_codes >= 0) & (b_codes >= 0)
+            ref = cohen_kappa_score(a_codes[both], b_codes[both], labels=[0, 1, 2])
+            assert reps[b] == pytest.approx(ref, abs=1e-9), (t.raters[i], t.raters[j], b)
+        both = (t.codes[:, i] >= 0) & (t.codes[:, j] >= 0)
+        assert p["_estimate"].value == pytest.approx(
+            cohen_kappa_score(t.codes[both, i], t.codes[both, j], labels=[0, 1, 2]), abs=1e-12)
+        assert p["n"] == int(both.sum())
