@@ -2,11 +2,17 @@
 
 Both run the same ``UNet2DModel(in_channels=2, out_channels=2)`` weights, the same scheduler,
 steps, batch, seeds (one generator per sample) and thread count; every variant's output is
-compared with diffusers' fp32 output (max abs difference on the [0, 1] image). Also prints the
-network's FLOPs per step (torch FlopCounterMode), achieved GFLOP/s and the machine's measured
-matmul peak (fp32, bf16) from this run.
+compared with diffusers' fp32 output on the same device: max abs difference on the [0, 1] image,
+PASS when it is within the stated tolerance (``--atol`` for fp32 variants, ``--atol-bf16`` for
+bf16 autocast), and the script exits 1 if any variant FAILs. Also prints the network's FLOPs per
+step (torch FlopCounterMode), achieved GFLOP/s and the device's measured matmul peak (fp32,
+bf16) from this run.
 
-    .venv/bin/python bench/generate.py [--size 64] [--batch 4] [--steps 20] [--threads 2]
+    .venv/bin/python bench/generate.py [--device cuda|cpu] [--size 64] [--batch 4] [--steps 20]
+        [--threads 2] [--atol 1e-3] [--atol-bf16 5e-2]
+
+``--device`` defaults to cuda when torch sees a GPU. ONNX Runtime runs on its own provider (CUDA
+when the installed onnxruntime has it, else CPU), whatever ``--device`` says.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,14 +31,23 @@ import numpy as np
 import torch
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 10) -> float:
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, reps: int = 10) -> float:
+    if device.type == "cuda":
+        n = 8192  # 1024² finishes in microseconds on a GPU: launch overhead, not throughput
+    a = torch.randn(n, n).to(device=device, dtype=dtype)
+    b = torch.randn(n, n).to(device=device, dtype=dtype)
     torch.mm(a, b)
+    sync(device)
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
         torch.mm(a, b)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
@@ -68,8 +84,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--widths", type=str, default="32,64,64")
     ap.add_argument("--bf16", action="store_true", help="time bf16 even without fast bf16")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where torch and diffusers run (default: cuda when available)")
+    ap.add_argument("--atol", type=float, default=1e-3,
+                    help="max |Δ| on the [0, 1] image allowed for fp32 variants")
+    ap.add_argument("--atol-bf16", type=float, default=5e-2,
+                    help="max |Δ| on the [0, 1] image allowed for the bf16 variant")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch sees no GPU")
 
     from diffusers import DDIMPipeline, DDPMPipeline
     from sonoaudit_generator.config import ModelConfig, ScheduleConfig
@@ -97,12 +122,16 @@ def main() -> None:
     x = torch.randn(b, 2, size, size)
     t = torch.full((b,), 500, dtype=torch.long)
     fl = flops_per_step(net, x, t)
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    peak32 = matmul_peak(torch.float32, device)
+    peak16 = matmul_peak(torch.bfloat16, device)
 
-    print(f"# bench/generate.py  size={size} batch={b} steps={steps} threads={args.threads} "
-          f"UNet2DModel widths={widths}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"# bench/generate.py  device={device} ({where}) size={size} batch={b} steps={steps} "
+          f"threads={args.threads} UNet2DModel widths={widths}")
+    print(f"tolerance vs diffusers fp32: max|Δ| <= {args.atol:g} (fp32 variants), "
+          f"<= {args.atol_bf16:g} (bf16) on the [0, 1] image")
     print(f"network FLOPs per step (batch {b}): {fl / 1e9:.3f} GFLOP")
-    print(f"matmul peak (1024², best of 10): fp32 {peak32:.1f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
+    print(f"matmul peak (best of 10): fp32 {peak32:.1f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s")
 
     def ours(backend: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
              sampler: str) -> Callable[[], np.ndarray]:
@@ -110,13 +139,14 @@ def main() -> None:
             gens = generators(0, idx)
             s = sampler_scheduler(sched_cfg, sampler, steps)
             out = run_reverse(backend, s, initial_noise((b, 2, size, size), gens), gens)
-            return (out.clamp(-1, 1) / 2 + 0.5).permute(0, 2, 3, 1).numpy()
+            return (out.clamp(-1, 1) / 2 + 0.5).permute(0, 2, 3, 1).cpu().numpy()
         return run
 
     def diffusers_pipe(sampler: str) -> Callable[[], np.ndarray]:
         sched = sampler_scheduler(sched_cfg, sampler, steps)
         pipe: Any = (DDPMPipeline if sampler == "ddpm" else DDIMPipeline)(unet=net.unet,
                                                                            scheduler=sched)
+        pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         kw = {"eta": 0.0} if sampler == "ddim" else {}
 
@@ -127,16 +157,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_module(net, size, 2, Path(tmp) / "unet.onnx")
+        net.to(device)
+        ort = OrtBackend(onnx_path, threads=args.threads)
+        ort_on = ort.session.get_providers()[0].removesuffix("ExecutionProvider")
         variants: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
             "ours fp32 (inference_mode)": TorchBackend(net),
             "ours fp32 channels_last": TorchBackend(net, channels_last=True),
-            "ours ONNX Runtime fp32": OrtBackend(onnx_path, threads=args.threads),
+            f"ours ONNX Runtime fp32 ({ort_on})": ort,
         }
         if peak16 >= peak32 / 2 or args.bf16:
             variants["ours bf16 autocast"] = TorchBackend(net, bf16=True)
         else:  # emulated bf16 only costs minutes and cannot win; --bf16 forces it
             print(f"bf16 variant skipped: this CPU has no fast bf16 matmul "
                   f"({peak16:.1f} vs fp32 {peak32:.1f} GFLOP/s)")
+        failed: list[str] = []
         for sampler in ("ddpm", "ddim"):
             name = "DDPMPipeline" if sampler == "ddpm" else "DDIMPipeline"
             peer = f"diffusers {name}"
@@ -145,17 +179,28 @@ def main() -> None:
             res = interleaved(fns, args.repeats)
             ref_t, ref = res[peer]
             print(f"\n## {sampler} ({steps} steps): peer = {peer} fp32")
-            print(f"{'variant':32s} {'img/s':>8s} {'ratio':>6s} {'GFLOP/s':>8s} {'max|Δ|':>9s}")
+            print(f"{'variant':36s} {'img/s':>8s} {'ratio':>6s} {'GFLOP/s':>8s} {'max|Δ|':>9s} "
+                  f"{'tol':>7s} check")
             results = []
             for vname, (tv, out) in res.items():
                 diff = float(np.abs(out - ref).max())
+                check = ""
                 if vname != peer:
                     results.append((ref_t / tv, vname))
-                print(f"{vname:32s} {b / tv:8.2f} {ref_t / tv:6.2f} "
-                      f"{fl * steps / tv / 1e9:8.1f} {diff:9.2e}")
+                    tol = args.atol_bf16 if "bf16" in vname else args.atol
+                    ok = diff <= tol
+                    check = f"{tol:7.0e} {'PASS' if ok else 'FAIL'}"
+                    if not ok:
+                        failed.append(f"{sampler}: {vname} max|Δ| {diff:.2e} > {tol:g}")
+                print(f"{vname:36s} {b / tv:8.2f} {ref_t / tv:6.2f} "
+                      f"{fl * steps / tv / 1e9:8.1f} {diff:9.2e} {check}")
             best = max(results)
             print(f"fastest: {best[1]} at {best[0]:.2f}x {peer}")
     print(f"\nload average during run: {statistics.mean(os.getloadavg()):.2f}")
+    if failed:
+        print("FAIL (outputs outside the tolerance): " + "; ".join(failed))
+        sys.exit(1)
+    print("PASS: every variant within its tolerance of diffusers' fp32 output")
 
 
 if __name__ == "__main__":

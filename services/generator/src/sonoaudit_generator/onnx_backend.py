@@ -6,6 +6,7 @@ sampling loop (diffusers schedulers) stays in Python, so every sampler works on 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def export_module(net: torch.nn.Module, size: int, channels: int, path: Path) ->
     import onnx
     from sonoaudit.filestore import atomic_write_bytes
 
-    net = net.eval().float().cpu()
+    net = copy.deepcopy(net).eval().float().cpu()  # leave the caller's module where it is
     x = torch.zeros(2, channels, size, size)
     t = torch.tensor([1, 2], dtype=torch.long)
     tmp = path.with_name(f".{path.name}.export")
