@@ -78,6 +78,9 @@ async def test_gemini_request_on_the_wire(fake_gemini: FakeGeminiServer, image: 
     (["bad_schema", "bad_schema"], "invalid", 2, "after one repair retry: does not match"),
     (["bad_json", "blocked"], "abstain", 2, "after repair request: prompt blocked"),
     (["slow:3"], "ok", 2, None),
+    # A 200 body the SDK cannot parse: not an API error, yet only this answer fails.
+    (["bad_body"], "error", 1,
+     "not retryable after 1 attempt(s): unexpected ValidationError from the SDK"),
 ])
 async def test_gemini_outcomes(fake_gemini: FakeGeminiServer, image: bytes, script: list[str],
                                status: str, attempts: int, reason: str | None) -> None:
@@ -138,3 +141,19 @@ async def test_openai_outcomes(fake_openai: FakeOpenAIServer, image: bytes, scri
     assert req["response_format"]["type"] == "json_schema"
     assert req["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"] == [
         "benign", "malignant", "normal"]
+
+
+async def test_openai_unexpected_sdk_exception_fails_one_answer(
+    fake_openai: FakeOpenAIServer, image: bytes, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clf = _openai(fake_openai)
+
+    async def broken(**kw: object) -> None:
+        raise RuntimeError("sdk bug")
+
+    monkeypatch.setattr(clf.backend._client.chat.completions,  # type: ignore[attr-defined]
+                        "create", broken)
+    out = await _answer(clf, image)
+    assert (out.status, out.attempts, out.verdict) == ("error", 1, None)
+    assert out.reason == ("not retryable after 1 attempt(s): unexpected RuntimeError from the "
+                          "SDK: sdk bug")

@@ -26,7 +26,7 @@ from sonoaudit_classifier.batch import (
 )
 from sonoaudit_classifier.prompts import UnknownPrompt
 from sonoaudit_classifier.settings import BackendNotConfigured, ClassifierSettings
-from sonoaudit_classifier.testing.fake_servers import FakeGeminiServer
+from sonoaudit_classifier.testing.fake_servers import FakeGeminiServer, default_label
 from sqlalchemy import func, select
 
 
@@ -186,3 +186,66 @@ def test_prompt_versions_are_separate_and_frozen(
         with pytest.raises(UnknownPrompt, match="'v3' not found"):
             classify_images(sqlite_ctx, ids, settings=settings, progress=False,
                             prompt_version="v3")
+
+
+def test_unexpected_errors_stay_with_their_image(
+    sqlite_ctx: AppContext, busbra_ids: dict[str, str], make_settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exception nobody planned for (the SDK failing to parse a 200 response, a bug raising
+    RuntimeError for one image, PIL refusing a decompression bomb) is stored as that item's
+    ``error`` row with the reason; every other image still gets its answer."""
+    import hashlib
+    import io
+
+    from PIL import Image as PILImage
+    from sonoaudit_classifier.engine import Classifier
+
+    buf = io.BytesIO()
+    PILImage.new("L", (1200, 1000)).save(buf, format="PNG")  # 1.2 M pixels, a few kB
+    bomb_id = register_images(sqlite_ctx, [("bomb", buf.getvalue(), None, "benign")])[0]
+    ids = [*list(busbra_ids)[:6], bomb_id]
+    images = _images(sqlite_ctx, ids)
+    shas = {i: r.sha256 for i, r in images.items()}
+    # What the fake server answers for an image it was sent.
+    expected = {i: default_label(sqlite_ctx.store.get(r.path)) for i, r in images.items()}
+    sdk_bad, raises = ids[0], ids[1]
+    real_answer = Classifier.answer
+
+    async def answer(self: Classifier, inp: Any, prompt: Any, replicate: int) -> Any:
+        if replicate == 1 and hashlib.sha256(inp.data).hexdigest() == shas[raises]:
+            raise RuntimeError("boom from the test")
+        return await real_answer(self, inp, prompt, replicate)
+
+    with FakeGeminiServer() as server:
+        server.script_for(shas[sdk_bad], "bad_body", "bad_body")  # both replicates
+        settings = make_settings(gemini_base_url=server.url)
+        with monkeypatch.context() as m:
+            m.setattr(Classifier, "answer", answer)
+            # Above 2 x MAX_IMAGE_PIXELS PIL raises DecompressionBombError (not an OSError);
+            # the BUS-BRA images are below 160 k pixels.
+            m.setattr(PILImage, "MAX_IMAGE_PIXELS", 400_000)
+            rows = classify_images(sqlite_ctx, ids, replicates=2, settings=settings,
+                                   progress=False)
+        assert Counter((r.image_id, r.replicate) for r in rows) == {
+            (i, rep): 1 for i in ids for rep in (0, 1)}
+        assert _count(sqlite_ctx) == 14
+        status = {(r.image_id, r.replicate): r for r in rows}
+        for (image_id, rep), r in status.items():
+            if image_id in (sdk_bad, bomb_id) or (image_id, rep) == (raises, 1):
+                assert r.status == "error" and r.label is None, (image_id, rep, r.status)
+            else:
+                assert r.status == "ok" and r.label == expected[image_id or ""]
+        for rep in (0, 1):
+            reason = status[(sdk_bad, rep)].reason or ""
+            assert "ValidationError" in reason and "promptTokenCount" in reason, reason
+            assert status[(sdk_bad, rep)].attempts == 1
+            bomb = status[(bomb_id, rep)].reason or ""
+            assert bomb.startswith("bad input bomb:") and "decompression bomb" in bomb, bomb
+        assert "RuntimeError: boom from the test" in (status[(raises, 1)].reason or "")
+        # The bomb was never sent; the SDK-error image was asked once per replicate.
+        assert len(server.requests) == 6 * 2 - 1
+        # Error rows are asked again by the next run (and replaced: still one row per key).
+        again = classify_images(sqlite_ctx, ids, replicates=2, settings=settings,
+                                progress=False)
+        assert Counter(r.status for r in again) == {"ok": 14} and _count(sqlite_ctx) == 14

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from classifier_helpers import register_images, synthetic_pngs  # type: ignore[import-not-found]
 from sonoaudit.context import AppContext
-from sonoaudit_classifier.batch import BackendFailed, items_from_images
+from sonoaudit_classifier.batch import BackendFailed, Item, aclassify_items, items_from_images
 from sonoaudit_classifier.gemini_batch import aclassify_gemini_batch
 from sonoaudit_classifier.testing.fake_servers import FakeGeminiServer, default_label
 
@@ -80,3 +80,30 @@ async def test_batch_job_that_fails_leaves_error_rows(sqlite_ctx: AppContext,
         assert len(server.batch_jobs) == 2
         assert hashlib.sha256(more[0][1]).hexdigest() not in server.calls_by_image
         assert await aclassify_gemini_batch(sqlite_ctx, [], settings=settings) == []
+
+
+async def test_input_that_cannot_be_prepared_stays_with_its_item(
+    sqlite_ctx: AppContext, make_settings: Any,
+) -> None:
+    """An unplanned exception while loading one item (here a KeyError) is that item's error row,
+    online and in batch mode; the other items are answered."""
+    images = synthetic_pngs(2, seed=24)
+    items = items_from_images(sqlite_ctx, register_images(sqlite_ctx, images))
+
+    def broken() -> tuple[bytes, bytes | None]:
+        raise KeyError("no such blob")
+
+    items.append(Item("broken.png", "0" * 64, None, False, broken))
+    with FakeGeminiServer() as server:
+        settings = make_settings(gemini_base_url=server.url)
+        for run in ("online", "batch"):
+            if run == "online":
+                rows = await aclassify_items(sqlite_ctx, items, settings=settings,
+                                             progress=False)
+            else:
+                rows = await aclassify_gemini_batch(sqlite_ctx, items, settings=settings,
+                                                    poll_s=0.01)
+            assert [r.status for r in rows] == ["ok", "ok", "error"], run
+            assert rows[2].source_name == "broken.png"
+            assert rows[2].reason == "bad input broken.png: KeyError: 'no such blob'", run
+        assert len(server.requests) == 2  # the answered items were not asked again

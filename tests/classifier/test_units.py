@@ -87,6 +87,16 @@ def test_render_errors_name_the_problem() -> None:
         render(data, "outline", _png(np.zeros((5, 5), dtype=np.uint8)))
 
 
+def test_decompression_bomb_is_a_bad_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    # PIL raises DecompressionBombError (an Exception, not an OSError) above 2 x MAX_IMAGE_PIXELS.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    data = _png(np.zeros((10, 12), dtype=np.uint8))  # 120 pixels > 100
+    with pytest.raises(BadImage, match="image: too many pixels.*decompression bomb"):
+        render(data, "image")
+    with pytest.raises(BadImage, match="mask: too many pixels"):
+        render(_png(np.zeros((7, 7), dtype=np.uint8)), "outline", data)
+
+
 def test_backoff_is_exponential_with_bounded_jitter() -> None:
     p = RetryPolicy(initial_s=1.0, max_s=8.0, rng=random.Random(1))
     for attempt, step in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0)]:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from sonoaudit_classifier.backends import make_backend
 from sonoaudit_classifier.backends.base import CallError
-from sonoaudit_classifier.conditions import BadImage, render
+from sonoaudit_classifier.conditions import BadImage, ModelInput, render
 from sonoaudit_classifier.engine import Classifier, Outcome
 from sonoaudit_classifier.prompts import PromptChanged, load_prompt
 from sonoaudit_classifier.settings import (
@@ -179,19 +179,40 @@ async def aclassify_items(
 
         writer_task = asyncio.create_task(writer())
 
+        async def answer(item: Item, inp: ModelInput, key: ResultKey) -> Outcome:
+            """One replicate. Whatever goes wrong is this replicate's ``error`` row, with the
+            reason; only a fatal backend error (rejected key, unknown model) leaves, to stop the
+            batch."""
+            try:
+                return await clf.answer(inp, prompt, key.replicate)
+            except CallError as exc:
+                if exc.fatal:
+                    raise
+                reason = f"call failed: {exc}"
+            except Exception as exc:
+                log.exception("%s replicate %d: unexpected error", item.name, key.replicate)
+                reason = f"unexpected error: {type(exc).__name__}: {exc}"
+            return Outcome("error", reason=reason[:2000], seed=clf.seed_for(key.replicate))
+
         async def one(group: list[tuple[Item, ResultKey]]) -> None:
             async with gate:
                 if writer_task.done():  # the store failed: stop asking
                     return
                 item = group[0][0]
+                outcomes: list[Outcome]
                 try:
                     data, mask = await asyncio.to_thread(item.load)
                     inp = render(data, condition, mask)
-                    outcomes = await asyncio.gather(*(clf.answer(inp, prompt, key.replicate)
-                                                      for _, key in group))
                 except (BadImage, OSError) as exc:
                     outcomes = [Outcome("error", reason=f"bad input {item.name}: {exc}")
                                 for _ in group]
+                except Exception as exc:  # e.g. a store or PIL error nobody planned for
+                    log.exception("%s: could not prepare the input", item.name)
+                    outcomes = [Outcome("error", reason=f"bad input {item.name}: "
+                                        f"{type(exc).__name__}: {exc}"[:2000]) for _ in group]
+                else:
+                    outcomes = list(await asyncio.gather(*(answer(item, inp, key)
+                                                           for _, key in group)))
                 for (it, key), outcome in zip(group, outcomes, strict=True):
                     queue.put_nowait(Pending(
                         key, outcome, prompt.hash, it.image_id, it.name, job_id,

@@ -29,6 +29,9 @@ def open_image(data: bytes, what: str = "image") -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
+    except Image.DecompressionBombError as exc:  # an Exception, not an OSError
+        raise BadImage(f"{what}: too many pixels, refused as a possible decompression bomb "
+                       f"({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise BadImage(f"{what}: not a readable image ({exc})") from exc
     return img

@@ -114,7 +114,7 @@ async def aclassify_gemini_batch(
                                     "replicate": key.replicate}))
 
         inputs: dict[int, ModelInput] = {}
-        rendered: dict[str, ModelInput | BadImage | OSError] = {}
+        rendered: dict[str, ModelInput | Exception] = {}
         for i, (it, _) in enumerate(todo):
             ident = it.image_sha256 + "|" + it.name
             if ident not in rendered:
@@ -123,6 +123,9 @@ async def aclassify_gemini_batch(
                     rendered[ident] = render(data, condition, mask)
                 except (BadImage, OSError) as exc:
                     rendered[ident] = exc
+                except Exception as exc:  # anything else stays with this image too
+                    log.exception("%s: could not prepare the input", it.name)
+                    rendered[ident] = RuntimeError(f"{type(exc).__name__}: {exc}")
             got = rendered[ident]
             if isinstance(got, ModelInput):
                 inputs[i] = got

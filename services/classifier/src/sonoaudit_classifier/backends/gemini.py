@@ -152,7 +152,10 @@ class GeminiBackend:
         except Exception as exc:
             if is_transient_transport_error(exc):
                 raise CallError(f"transport: {type(exc).__name__}: {exc}", retryable=True) from exc
-            raise
+            # Anything else the SDK raises (a 200 body it cannot parse, a bug) fails this
+            # answer only, with the reason; never the batch.
+            raise CallError(f"unexpected {type(exc).__name__} from the SDK: {exc}"[:2000]
+                            ) from exc
         return self._answer(resp)
 
     def _answer(self, resp: types.GenerateContentResponse) -> RawAnswer:

@@ -79,7 +79,10 @@ class OpenAICompatBackend:
         except Exception as exc:
             if is_transient_transport_error(exc):
                 raise CallError(f"transport: {type(exc).__name__}: {exc}", retryable=True) from exc
-            raise
+            # Anything else the SDK raises (a 200 body it cannot parse, a bug) fails this
+            # answer only, with the reason; never the batch.
+            raise CallError(f"unexpected {type(exc).__name__} from the SDK: {exc}"[:2000]
+                            ) from exc
         raw = resp.model_dump(mode="json", exclude_none=True)
         usage = resp.usage.model_dump(mode="json", exclude_none=True) if resp.usage else {}
         if not resp.choices:

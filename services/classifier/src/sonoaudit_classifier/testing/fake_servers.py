@@ -8,7 +8,9 @@ Replies are scripted: a global queue (:meth:`script`) and per-image queues (:met
 keyed by the sha256 of the image bytes sent), then the default: a valid answer whose label is
 ``label_for(image bytes)``. Reply codes: ``ok``, ``ok:<label>``, ``429`` / ``429:<delay s>``,
 ``500``, ``503``, ``400``, ``401``, ``blocked``, ``safety``, ``max_tokens``, ``bad_json``,
-``bad_schema``, ``empty``, ``slow:<s>`` (answer ok after s seconds), ``hang`` (sleep 3600 s).
+``bad_schema``, ``empty``, ``slow:<s>`` (answer ok after s seconds), ``hang`` (sleep 3600 s);
+Gemini only: ``bad_body`` (HTTP 200 whose body the SDK cannot parse into its response type: it
+raises a pydantic ValidationError, not an API error).
 """
 
 from __future__ import annotations
@@ -292,6 +294,9 @@ class FakeGeminiServer(_FakeBase):
                 "modelVersion": self.model_version, "responseId": f"fake-{len(self.requests)}"}
         if reply == "blocked":
             return 200, {}, {"promptFeedback": {"blockReason": "SAFETY"}, **meta}
+        if reply == "bad_body":  # an integer field as text: the SDK's response model rejects it
+            meta["usageMetadata"] = {"promptTokenCount": "many", "candidatesTokenCount": 60,
+                                     "totalTokenCount": 360}
         label = self.label_for(image or b"")
         if reply.startswith("ok:"):
             label = reply.split(":", 1)[1]
