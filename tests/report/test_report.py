@@ -109,6 +109,75 @@ def test_every_section_is_filled(report, built: BuiltStudy) -> None:  # type: ig
 
 
 @pytest.mark.integration
+def test_every_json_table_is_in_the_csv(report) -> None:  # type: ignore[no-untyped-def]
+    from sonoaudit_raters.report.render import NOT_TABLES
+
+    j = report.json
+    rows = list(csv.DictReader(report.csv.splitlines()))
+    assert all(r["n"] != "" for r in rows)
+    cell = {(r["section"], r["stratum"], r["statistic"]): r for r in rows}
+
+    def val(section: str, stratum: str, stat: str) -> float | None:
+        v = cell[(section, stratum, stat)]["value"]
+        return None if v == "" else float(v)
+
+    (key,) = j["llm"]
+    # every table of the JSON (each top-level key that is not metadata) has CSV rows
+    section_of = {"items_by_stratum": ["items"], "class_agreement": ["class_agreement"],
+                  "confidence_agreement": ["confidence_agreement"],
+                  "reader_accuracy": ["reader_accuracy", "reader_accuracy:confusion"],
+                  "confidence_histogram": ["confidence_histogram"],
+                  "intra_reader": ["intra_reader", "intra_reader_pooled"],
+                  "llm": [f"llm_counts:{key}", f"llm_accuracy:{key}",
+                          f"llm_accuracy:{key}:confusion", f"reader_vs_llm:{key}",
+                          f"llm_replicate_agreement:{key}"],
+                  "llm_match": ["llm_match"], "metrics": ["image_metrics"]}
+    tables = [k for k in j if k not in NOT_TABLES]
+    assert sorted(tables) == sorted(section_of), "a JSON table without CSV rows (or mapping)"
+    sections = {r["section"] for r in rows}
+    for k in tables:
+        assert set(section_of[k]) <= sections, k
+    # ... with the JSON's numbers
+    for m in j["metrics"]:
+        stratum = f"run={m['run']}&dataset={m['dataset']}&class={m['class']}"
+        for stat in ("fid", "kid_mean", "kid_std", "is", "n_real", "n_synthetic"):
+            assert val("image_metrics", stratum, stat) == m[stat], (stratum, stat)
+        if m["is"] is None:
+            assert cell[("image_metrics", stratum, "is")]["reason"] == (m["is_reason"] or "")
+    assert val("image_metrics", next(r["stratum"] for r in rows
+                                     if r["section"] == "image_metrics"), "fid") == 63.2
+    for label, hist in j["confidence_histogram"].items():
+        for level, c in hist.items():
+            assert val("confidence_histogram", label, f"count/{level}") == c
+    assert sum(1 for r in rows if r["section"] == "confidence_histogram") == sum(
+        len(h) for h in j["confidence_histogram"].values())
+    for label, summary in j["llm_match"].items():
+        for answer, c in summary["counts"].items():
+            assert val("llm_match", label, f"count/{answer}") == c
+            assert val("llm_match", label, f"share/{answer}") == pytest.approx(
+                summary["shares"][answer])
+            assert cell[("llm_match", label, f"count/{answer}")]["n"] == str(summary["n"])
+    assert val("llm_match", "all", "n_repeat_answers_left_out") == 16
+    for label, n in j["items_by_stratum"].items():
+        assert val("items", label, "n_items") == n
+    llm = j["llm"][key]
+    assert val(f"llm_counts:{key}", "all", "n_items_without_llm") == llm["n_items_without_llm"]
+    for status, c in llm["status_counts"].items():
+        assert val(f"llm_counts:{key}", "all", f"status/{status}") == c
+    for section, block in (("reader_accuracy", j["reader_accuracy"]),
+                           (f"llm_accuracy:{key}", llm["accuracy"])):
+        for label, res in block["strata"].items():
+            who = dict(res["raters"]) | (
+                {"majority vote": res["majority_vote"]} if "majority_vote" in res else {})
+            for rater, r in who.items():
+                cm = r["confusion"]
+                for t, line in zip(cm["rows_truth"], cm["counts"], strict=True):
+                    for a, c in zip(cm["cols_answer"], line, strict=True):
+                        assert val(f"{section}:confusion", label,
+                                   f"{rater}/truth={t}/answer={a}") == c
+
+
+@pytest.mark.integration
 def test_agreement_cli_on_the_export_gives_the_service_numbers(
         ctx: AppContext, built: BuiltStudy, report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from sonoaudit.cli.main import app

@@ -50,8 +50,38 @@ class Report:
         return written
 
 
-def csv_rows(analysis: dict[str, Any]) -> list[dict[str, Any]]:
+# JSON keys of the report that are metadata, not tables; every other key has CSV rows.
+NOT_TABLES = ("study", "simulated", "phantom", "n_items", "n_repeat_items", "readers",
+              "datasets", "not_run", "provenance", "questions", "metric_runs", "figures")
+METRIC_STATS = (("fid", "fid_reason"), ("kid_mean", "kid_reason"), ("kid_std", "kid_reason"),
+                ("is", "is_reason"), ("n_real", None), ("n_synthetic", None),
+                ("memorised", None), ("diversity_ratio", None))
+
+
+def csv_rows(analysis: dict[str, Any], metrics: list[dict[str, Any]] | None = None
+             ) -> list[dict[str, Any]]:
+    """One row per number of the report's tables: every estimate (with CI), every count (answer
+    counts, confidence histograms, confusion matrices, LLM status counts) and the image metrics
+    (``metrics``: :func:`metric_rows`)."""
     rows: list[dict[str, Any]] = []
+
+    def count(section: str, stratum: str, stat: str, value: Any, n: Any,
+              reason: str | None = None) -> None:
+        rows.append({"section": section, "stratum": stratum, "statistic": stat, "value": value,
+                     "n": n, "reason": reason})
+
+    def confusions(section: str, block: dict[str, Any]) -> None:
+        for label, res in block["strata"].items():
+            who = dict(res.get("raters", {}))
+            if "majority_vote" in res:
+                who["majority vote"] = res["majority_vote"]
+            for rater, r in who.items():
+                cm = r["confusion"]
+                total = sum(map(sum, cm["counts"]))
+                for truth, line in zip(cm["rows_truth"], cm["counts"], strict=True):
+                    for answer, c in zip(cm["cols_answer"], line, strict=True):
+                        count(f"{section}:confusion", label,
+                              f"{rater}/truth={truth}/answer={answer}", c, total)
 
     def add(section: str, stratum: str, est: dict[str, Estimate]) -> None:
         for stat, e in est.items():
@@ -67,11 +97,28 @@ def csv_rows(analysis: dict[str, Any]) -> list[dict[str, Any]]:
         for label, diffs in block["real_minus_synthetic"].items():
             add(section, f"real-synthetic:{label}", diffs)
 
+    for label, n in analysis.get("items_by_stratum", {}).items():
+        count("items", label, "n_items", n, n)
     for section in ("class_agreement", "confidence_agreement", "reader_accuracy"):
         if section in analysis:
             add_strata(section, analysis[section])
+    if "reader_accuracy" in analysis:
+        confusions("reader_accuracy", analysis["reader_accuracy"])
+    for label, hist in analysis.get("confidence_histogram", {}).items():
+        total = sum(hist.values())
+        for level, c in hist.items():
+            count("confidence_histogram", label, f"count/{level}", c, total)
     for key, entry in analysis.get("llm", {}).items():
+        n_items = entry["n_items"]
+        count(f"llm_counts:{key}", "all", "n_classifications", entry["n_classifications"],
+              n_items)
+        for status, c in entry["status_counts"].items():
+            count(f"llm_counts:{key}", "all", f"status/{status}", c, n_items)
+        count(f"llm_counts:{key}", "all", "n_items", n_items, n_items)
+        count(f"llm_counts:{key}", "all", "n_items_without_llm", entry["n_items_without_llm"],
+              n_items)
         add_strata(f"llm_accuracy:{key}", entry["accuracy"])
+        confusions(f"llm_accuracy:{key}", entry["accuracy"])
         if "reader_vs_llm_strata" in entry:
             add_strata(f"reader_vs_llm:{key}", entry["reader_vs_llm_strata"])
         if "replicate_agreement_strata" in entry:
@@ -82,6 +129,20 @@ def csv_rows(analysis: dict[str, Any]) -> list[dict[str, Any]]:
         add("intra_reader", "all", {f"kappa/{r}": p["_estimate"]
                                     for r, p in intra["readers"].items()})
         add_strata("intra_reader_pooled", intra["strata"])
+    for label, summary in analysis.get("llm_match", {}).items():
+        n = summary["n"]
+        for answer, c in summary["counts"].items():
+            count("llm_match", label, f"count/{answer}", c, n)
+            count("llm_match", label, f"share/{answer}", summary["shares"][answer], n)
+        count("llm_match", label, "n_missing", summary["n_missing"], n)
+        if "n_repeat_answers_left_out" in summary:
+            count("llm_match", label, "n_repeat_answers_left_out",
+                  summary["n_repeat_answers_left_out"], n)
+    for m in metrics or []:
+        stratum = f"run={m['run']}&dataset={m['dataset']}&class={m['class']}"
+        n_images = (m["n_real"] or 0) + (m["n_synthetic"] or 0)
+        for stat, why in METRIC_STATS:
+            count("image_metrics", stratum, stat, m[stat], n_images, m[why] if why else None)
     return rows
 
 
@@ -264,7 +325,7 @@ def build_report(ctx: AppContext, study_id: str, *, n_boot: int = 2000, seed: in
         analysis["not_run"].append({"section": "memorisation pairs",
                                     "why": "no metric run with memorisation pairs for this study"})
     metrics = metric_rows(data)
-    rows = csv_rows(analysis)
+    rows = csv_rows(analysis, metrics)
     out_json = public(analysis)
     out_json["metrics"] = metrics
     out_json["metric_runs"] = [dict(r) for r in data.metric_runs]
