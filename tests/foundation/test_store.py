@@ -61,7 +61,8 @@ def test_insert_and_unique_image_name(migrated_url: str) -> None:
         s.add(Image(sha256="b" * 64, source="real", class_label="benign", name="bus_1",
                     path="bb/b.png", width=10, height=10, dataset_id=ds.id))
     with session_scope(sessions) as s:
-        assert len(s.scalars(select(Image)).all()) == 1  # the failed insert left nothing behind
+        # the failed insert left nothing behind (other tests share the session's database)
+        assert len(s.scalars(select(Image).where(Image.dataset_id == ds.id)).all()) == 1
         job = Job(kind="generate", total=3)
         s.add(job)
     engine.dispose()

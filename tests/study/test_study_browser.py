@@ -155,7 +155,10 @@ def _done_when(st: Any, server_url: str, browser: Any, add_llm: Any, artifacts: 
     with httpx.Client(base_url=server_url) as c:
         r = c.post("/study/admin/studies", json={
             "name": f"Done-when {tag}", "real_image_ids": real, "synthetic_image_ids": synth,
-            "seed": 42}, headers={"Authorization": f"Bearer {creator}"})
+            # only this test's LLM answers: the session's Postgres store also holds other
+            # tests' classifications of the same BUS-BRA images
+            "seed": 42, "config": {"llm": {"model": "fake-llm"}}},
+            headers={"Authorization": f"Bearer {creator}"})
         assert r.status_code == 201, r.text
         created = r.json()
     admin = created["admin_token"]
