@@ -179,3 +179,22 @@ def test_admin_imports_csv_from_the_page(store: Any, live: Any, browser: Any,
     rows = export_answers(store.ctx, study.id)
     assert len(rows) == 2 * len(keys) and all(r["imported"] for r in rows)
     bctx.close()
+
+
+def test_drafts_never_cross_readers_on_a_shared_tab(store: Any, live: Any, browser: Any) -> None:
+    # one image: both readers' item 1 has the same item key
+    study, _ = create_study(store.ctx, "Shared PC", store.real_ids(1)[:1], [], seed=0)
+    ta, tb = add_reader(store.ctx, study.id, "Dr A"), add_reader(store.ctx, study.id, "Dr B")
+    bctx = browser.new_context()
+    page = bctx.new_page()
+    page.goto(f"{live.url}/study/r/{ta}")
+    page.keyboard.press("2")
+    page.keyboard.press("ArrowRight")
+    page.goto(f"{live.url}/study/r/{tb}")  # same tab, same sessionStorage, same item key
+    assert page.locator("#answer-form").get_attribute("data-item") == view_for_token(
+        store.ctx, ta).items[0].item_key
+    assert page.locator("input[type=radio]:checked").count() == 0
+    page.goto(f"{live.url}/study/r/{ta}")  # A's own draft is still there
+    assert page.locator("input[name=class][value=malignant]").is_checked()
+    assert page.locator("input[name=confidence][value='0']").is_checked()
+    bctx.close()
