@@ -106,6 +106,42 @@ def test_study_items_hide_source_and_keep_ground_truth(store: Any) -> None:
         add_reader(store.ctx, study.id, "Dr A")
 
 
+def test_synthetic_items_carry_their_training_dataset(store: Any) -> None:
+    """A synthetic image's dataset is the one its generator was trained on, so the report's
+    by-dataset stratum holds real and synthetic images of that dataset."""
+    from sonoaudit.db.models import Dataset, GenerationRun, Model, StudyItem, TrainingRun
+    from sonoaudit.db.session import session_scope
+    from sonoaudit_raters.report.analysis import analyse_study
+    from sonoaudit_raters.report.study_data import load_study
+
+    with session_scope(store.ctx.sessions) as s:
+        ds_name = s.get_one(Dataset, store.dataset_id).name
+        tr = TrainingRun(dataset_id=store.dataset_id, class_label="benign", profile="test")
+        s.add(tr)
+        s.flush()
+        benign_run = s.get_one(GenerationRun, store.runs["benign"])
+        trained = Model(name="trained-ddpm", backbone="unet", checkpoint_path="/nonexistent",
+                        training_run_id=tr.id)
+        s.add(trained)
+        s.flush()
+        benign_run.model_id = trained.id  # the malignant run's model has no training run
+    real, synth = store.real_ids(2), store.synthetic_ids(2)  # 2 benign + 2 malignant each
+    study, _ = create_study(store.ctx, "by dataset", real, synth, seed=0)
+    with store.ctx.sessions() as s:
+        got = {(i.source, i.ground_truth, i.dataset) for i in s.scalars(
+            select(StudyItem).where(StudyItem.study_id == study.id))}
+    assert got == {("real", "benign", ds_name), ("real", "malignant", ds_name),
+                   ("synthetic", "benign", ds_name), ("synthetic", "malignant", None)}
+    simulate_panel(store.ctx, study.id, n_readers=2, seed=1)
+    out = analyse_study(load_study(store.ctx, study.id), n_boot=10)
+    # 4 real + the 2 synthetic benign images from the model trained on the dataset
+    assert out["class_agreement"]["n_items"][f"dataset={ds_name}"] == 6
+    acc = out["reader_accuracy"]["strata"][f"dataset={ds_name}"]["majority_vote"]
+    assert acc["n"] == 6
+    stratum = [k for k in out["class_agreement"]["strata"] if k.startswith("dataset=")]
+    assert stratum == [f"dataset={ds_name}"]
+
+
 def test_answer_rules(store: Any, add_llm: Any) -> None:
     real = store.real_ids(2)
     study, _ = create_study(store.ctx, "rules", real, [], seed=0)

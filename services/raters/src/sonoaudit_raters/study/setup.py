@@ -8,7 +8,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sonoaudit.context import AppContext
-from sonoaudit.db.models import Assignment, Dataset, Image, Reader, Study, StudyItem
+from sonoaudit.db.models import (
+    Assignment,
+    Dataset,
+    GenerationRun,
+    Image,
+    Model,
+    Reader,
+    Study,
+    StudyItem,
+    TrainingRun,
+)
 from sonoaudit.db.session import session_scope
 from sonoaudit.provenance import provenance
 from sqlalchemy import func, select
@@ -64,6 +74,23 @@ def select_images(
             draw(synth, "synthetic") if generation_run_ids else [])
 
 
+def image_datasets(s: Session, images: Sequence[Image]) -> dict[str, str | None]:
+    """image id → dataset id: a real image's own; a synthetic image's is the dataset its
+    generator was trained on (GenerationRun → Model → TrainingRun.dataset_id), None when the
+    model has no training run here (e.g. an imported checkpoint)."""
+    run_ids = sorted({i.generation_run_id for i in images if i.generation_run_id})
+    trained_on: dict[str, str | None] = {}
+    if run_ids:
+        trained_on = dict(s.execute(
+            select(GenerationRun.id, TrainingRun.dataset_id)
+            .join(Model, Model.id == GenerationRun.model_id)
+            .join(TrainingRun, TrainingRun.id == Model.training_run_id)
+            .where(GenerationRun.id.in_(run_ids))).all())
+    return {i.id: i.dataset_id if i.dataset_id else
+            trained_on.get(i.generation_run_id) if i.generation_run_id else None
+            for i in images}
+
+
 def create_study(
     ctx: AppContext,
     name: str,
@@ -110,6 +137,7 @@ def create_study(
         if wrong:
             raise StudyError(f"source mismatch: {wrong[:10]}", field="image_ids")
         datasets = {d.id: d.name for d in s.scalars(select(Dataset))}
+        dataset_of = image_datasets(s, list(images.values()))
         study = Study(name=name.strip(), config=cfg.model_dump(mode="json"),
                       admin_token_hash=hash_token(admin_token), seed=seed,
                       provenance=provenance(kind="reader-study", protocol=PROTOCOL_VERSION,
@@ -124,7 +152,7 @@ def create_study(
             items.append(StudyItem(
                 study_id=study.id, item_key=new_item_key(), position=pos, image_id=img.id,
                 source=img.source, ground_truth=img.class_label,
-                dataset=datasets.get(img.dataset_id or "") if img.dataset_id else None,
+                dataset=datasets.get(dataset_of[img.id] or ""),
             ))
         s.add_all(items)
         s.flush()
