@@ -1,16 +1,20 @@
 """Done-when of issue 4 on the real BUS-BRA sample, through `sonoaudit metrics --json`: two
 halves split by patient are close (KID near 0, FID reported with its n warning); phantom images
-score clearly worse; an exact copy of a real image planted among them is flagged."""
+score clearly worse; a memorised training image planted among them, as a model would emit it
+(the padded square at the model's size), is flagged against the real dataset."""
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from metrics_helpers import write_pairs
 from sonoaudit.cli.main import app
+from sonoaudit.datasets.pairs import preprocess
 from sonoaudit.datasets.phantom import write_phantom
 from sonoaudit_metrics.samples import ImageSample, load_dataset_dir
 from typer.testing import CliRunner
@@ -25,6 +29,22 @@ def run_cli(home: Path, real: Path, synthetic: Path) -> dict[str, Any]:
     return out
 
 
+def busbra_cases(src: Path, dst: Path, cases: set[int]) -> Path:
+    """The BUS-BRA images of the given patients (files and bus_data.csv rows) as a dataset."""
+    with (src / "bus_data.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["Case"]) in cases]
+    (dst / "Images").mkdir(parents=True)
+    (dst / "Masks").mkdir()
+    for r in rows:
+        shutil.copy(src / "Images" / f"{r['ID']}.png", dst / "Images")
+        shutil.copy(src / "Masks" / f"mask_{r['ID'][4:]}.png", dst / "Masks")
+    with (dst / "bus_data.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return dst
+
+
 @pytest.mark.slow
 def test_busbra_halves_vs_phantom_with_a_planted_copy(busbra_sample: Path,
                                                       tmp_path: Path) -> None:
@@ -35,13 +55,16 @@ def test_busbra_halves_vs_phantom_with_a_planted_copy(busbra_sample: Path,
     b = [s for s in samples if s.meta["case_id"] not in half_a]
     assert len(a) == len(b) == 40 and not {s.meta["case_id"] for s in b} & half_a
     dir_a, dir_b = write_pairs(tmp_path / "a", a), write_pairs(tmp_path / "b", b)
+    # half A as a dataset (what a model is trained on) for the synthetic run
+    data_a = busbra_cases(busbra_sample, tmp_path / "data_a", {int(c) for c in half_a})
     phantom = load_dataset_dir(write_phantom(tmp_path / "ph", n_per_class=20, size=128))
-    planted = ImageSample("planted", a[7].image, a[7].mask, a[7].class_label)
+    # a model at 128 px that memorised a[7] emits its padded square, not the raw original
+    planted = ImageSample("planted", *preprocess(a[7].image, a[7].mask, 128), a[7].class_label)
     dir_p = write_pairs(tmp_path / "p", [*phantom, planted])
     home = tmp_path / "home"
 
     same = run_cli(home, dir_a, dir_b)
-    other = run_cli(home, dir_a, dir_p)
+    other = run_cli(home, data_a, dir_p)
 
     assert (same["n_real"], same["n_synthetic"], other["n_synthetic"]) == (40, 40, 41)
     assert abs(same["kid"]["mean"]) < 0.01
@@ -51,7 +74,14 @@ def test_busbra_halves_vs_phantom_with_a_planted_copy(busbra_sample: Path,
     assert same["is"] == {"value": None, "reason": same["is"]["reason"]}
     assert set(same["per_class"]) == {"benign", "malignant"}
     assert same["provenance"]["weights_sha256"].startswith("7ff4a85c")
-    assert other["provenance"]["real_features_cached"] is True  # half A computed once
+    # half A scored as the generator sees it: its 128 px padded squares, not the originals
+    # (other pixels, so not the raw half A's cached features)
+    assert other["provenance"]["real_geometry"] == {
+        **other["provenance"]["real_geometry"], "mode": "preprocessed", "size": 128,
+        "computed": 40}
+    assert other["provenance"]["real_kind"] == "dataset"
+    assert other["provenance"]["real_features_cached"] is False
+    assert same["provenance"]["real_geometry"]["mode"] == "as given"
 
     assert same["memorisation"]["n_flagged"] == 0  # different patients are not copies
     mem = other["memorisation"]

@@ -10,7 +10,7 @@ from sonoaudit.db.models import MetricRun
 from sqlalchemy import select
 
 from sonoaudit_metrics.config import MetricsSettings
-from sonoaudit_metrics.samples import SampleError, load_ref
+from sonoaudit_metrics.samples import ImageSample, SampleError, load_ref, square_size
 from sonoaudit_metrics.scoring import ScoreOptions, score_sets
 
 if TYPE_CHECKING:
@@ -28,6 +28,58 @@ def run_as_dict(run: MetricRun) -> dict[str, Any]:
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
     }
+
+
+PREPROCESS_RULE = ("sonoaudit.datasets.pairs.preprocess (what the generator trains on): longer "
+                   "side scaled to the synthetic size (bicubic; mask nearest), aspect kept, "
+                   "centred, padded to a square with 0")
+SYNTHETIC_KINDS = ("pairs", "generation_run")
+
+
+def load_sets(ctx: AppContext | None, real_ref: str, synthetic_ref: str,
+              class_label: str | None = None
+              ) -> tuple[list[ImageSample], list[ImageSample], dict[str, Any]]:
+    """(real, synthetic, info) of two references. A real dataset scored against generated
+    images (all squares of one size S) is read as its S×S preprocessed copies, the geometry the
+    generator was trained on and emits, so FID/KID, mask areas and memorisation compare like
+    with like; ``info`` (kinds, ``real_geometry``, ``warnings``) goes into the provenance."""
+    synthetic, syn_kind = load_ref(synthetic_ref, ctx, class_label)
+    size = square_size(synthetic) if syn_kind in SYNTHETIC_KINDS else None
+    real, real_kind = load_ref(real_ref, ctx, class_label, size=size)
+    warnings: list[str] = []
+    geometry: dict[str, Any]
+    if real_kind == "dataset" and size is not None:
+        froms = [str(x.meta.get("preprocessed", {}).get("from")) for x in real]
+        geometry = {"mode": "preprocessed", "size": size, "rule": PREPROCESS_RULE,
+                    "stored_copies": froms.count("stored"), "computed": froms.count("computed")}
+    elif real_kind == "dataset":
+        geometry = {"mode": "original", "reason": (
+            "the synthetic images are not all squares of one size, so there is no generator "
+            "geometry to match")}
+        if syn_kind in SYNTHETIC_KINDS:
+            warnings.append("real dataset scored at its original geometry: the synthetic images "
+                            "are not all squares of one size (FID/KID, mask areas and "
+                            "memorisation SSIM compare different geometries)")
+    else:
+        geometry = {"mode": "as given", "reason": f"the real set is a {real_kind} folder"}
+    info = {"real_ref": real_ref, "synthetic_ref": synthetic_ref, "real_kind": real_kind,
+            "synthetic_kind": syn_kind, "real_geometry": geometry, "warnings": warnings}
+    return real, synthetic, info
+
+
+def score_refs(ctx: AppContext, real_ref: str, synthetic_ref: str,
+               class_label: str | None = None, options: ScoreOptions | None = None,
+               metrics_settings: MetricsSettings | None = None) -> dict[str, Any]:
+    """Load both references (:func:`load_sets`) and score them; the result's provenance says
+    what was loaded and at which geometry."""
+    ms = metrics_settings or MetricsSettings()
+    real, synthetic, info = load_sets(ctx, real_ref, synthetic_ref, class_label)
+    results = score_sets(real, synthetic, options or ms.options(), store=ctx.store,
+                         cache_dir=ms.resolved_cache_dir(ctx.settings.home),
+                         class_label=class_label)
+    results["warnings"] = [*info.pop("warnings"), *results.get("warnings", [])]
+    results["provenance"] = {**results.get("provenance", {}), **info}
+    return results
 
 
 def run_metrics(ctx: AppContext, real_ref: str, synthetic_ref: str,
@@ -56,11 +108,7 @@ def run_metrics(ctx: AppContext, real_ref: str, synthetic_ref: str,
         s.commit()
         run_id = run.id
     try:
-        real, real_kind = load_ref(real_ref, ctx, class_label)
-        synthetic, syn_kind = load_ref(synthetic_ref, ctx, class_label)
-        results = score_sets(real, synthetic, opts, store=ctx.store,
-                             cache_dir=ms.resolved_cache_dir(ctx.settings.home),
-                             class_label=class_label)
+        results = score_refs(ctx, real_ref, synthetic_ref, class_label, opts, ms)
     except SampleError as exc:
         _finish(ctx, run_id, "failed", error=str(exc))
         raise
@@ -68,8 +116,6 @@ def run_metrics(ctx: AppContext, real_ref: str, synthetic_ref: str,
         _finish(ctx, run_id, "failed", error=f"internal error: {exc!r}")
         raise
     prov = dict(results.get("provenance", {}))
-    prov.update(real_ref=real_ref, synthetic_ref=synthetic_ref, real_kind=real_kind,
-                synthetic_kind=syn_kind)
     return _finish(ctx, run_id, "done", results=results, provenance=prov)
 
 

@@ -1,5 +1,11 @@
 """The images a metric run scores, and where they come from: a dataset folder, a folder of
-generator pairs (``*_image.png`` + ``*_mask.png``), or ids in the results store."""
+generator pairs (``*_image.png`` + ``*_mask.png``), or ids in the results store.
+
+A dataset (folder or id) can be loaded at ``size``: then every pair goes through the square
+preprocessing the generator trains on (``sonoaudit.datasets.pairs.preprocess``: longer side to
+``size``, centred, padded with 0; the stored copy when the import made one), so real and synthetic
+images are compared at the same geometry.
+"""
 
 from __future__ import annotations
 
@@ -82,9 +88,19 @@ def load_pairs_dir(root: Path) -> list[ImageSample]:
     return out
 
 
-def load_dataset_dir(root: Path) -> list[ImageSample]:
-    """A dataset folder in a layout ``sonoaudit.datasets.scan`` reads (BUS-BRA, UDIAT, BUSI)."""
-    from sonoaudit.datasets.pairs import load_pair
+def square_size(samples: list[ImageSample]) -> int | None:
+    """The side of the images when all are squares of one size, else None."""
+    shapes = {s.image.shape for s in samples}
+    if len(shapes) != 1:
+        return None
+    h, w = next(iter(shapes))
+    return h if h == w else None
+
+
+def load_dataset_dir(root: Path, size: int | None = None) -> list[ImageSample]:
+    """A dataset folder in a layout ``sonoaudit.datasets.scan`` reads (BUS-BRA, UDIAT, BUSI);
+    with ``size`` each pair preprocessed to the generator's ``size``² padded square."""
+    from sonoaudit.datasets.pairs import load_pair, preprocess
     from sonoaudit.datasets.records import DatasetError
     from sonoaudit.datasets.scan import scan
 
@@ -99,23 +115,29 @@ def load_dataset_dir(root: Path) -> list[ImageSample]:
         except DatasetError as exc:
             raise SampleError(str(exc)) from exc
         _check_image(image, str(rec.image_path))
+        meta: dict[str, Any] = {"case_id": rec.case_id}
+        if size is not None:
+            image, mask = preprocess(image, mask, size)
+            meta["preprocessed"] = {"size": size, "from": "computed"}
         out.append(ImageSample(rec.name, image, mask, rec.class_label,
-                               source=str(rec.image_path), meta={"case_id": rec.case_id}))
+                               source=str(rec.image_path), meta=meta))
     return out
 
 
-def load_dir(path: Path) -> tuple[list[ImageSample], str]:
-    """Samples of a folder and which kind of folder it was ('pairs' or the dataset format)."""
+def load_dir(path: Path, size: int | None = None) -> tuple[list[ImageSample], str]:
+    """Samples of a folder and which kind of folder it was ('pairs' or the dataset format);
+    ``size`` preprocesses a dataset folder (pairs folders are read as they are)."""
     if not path.is_dir():
         raise SampleError(f"{path}: not a folder")
     if any(path.rglob("*_image.png")):
         return load_pairs_dir(path), "pairs"
-    return load_dataset_dir(path), "dataset"
+    return load_dataset_dir(path, size), "dataset"
 
 
-def load_store(ctx: AppContext, ref: str, class_label: str | None = None
-               ) -> tuple[list[ImageSample], str]:
-    """Images of a dataset id (real) or a generation run id (synthetic) in the results store."""
+def load_store(ctx: AppContext, ref: str, class_label: str | None = None,
+               size: int | None = None) -> tuple[list[ImageSample], str]:
+    """Images of a dataset id (real) or a generation run id (synthetic) in the results store;
+    ``size`` gives a dataset's preprocessed ``size``² copies (what the generator trained on)."""
     from sonoaudit.datasets.imageio import (
         ImageReadError,
         binarize,
@@ -123,6 +145,8 @@ def load_store(ctx: AppContext, ref: str, class_label: str | None = None
         open_bytes,
         to_grey,
     )
+    from sonoaudit.datasets.records import DatasetError
+    from sonoaudit.datasets.stored import load_stored_preprocessed
     from sonoaudit.db.models import Dataset, GenerationRun, Image
     from sqlalchemy import select
 
@@ -139,28 +163,38 @@ def load_store(ctx: AppContext, ref: str, class_label: str | None = None
         rows = list(s.scalars(q.order_by(Image.name, Image.sample_index)))
     out: list[ImageSample] = []
     for row in rows:
+        meta: dict[str, Any] = {"case_id": row.case_id}
+        mask: np.ndarray | None
         try:
-            image, _ = to_grey(open_bytes(ctx.store.get(row.path)))
-            mask = None
-            if row.mask_path:
-                mask, _ = binarize(mask_levels(open_bytes(ctx.store.get(row.mask_path))))
+            if size is not None and kind == "dataset":
+                stored = (row.meta or {}).get("preprocessed", {}).get(str(size))
+                image, mask = load_stored_preprocessed(ctx.store, row, size)
+                meta["preprocessed"] = {"size": size, "from": "stored" if stored else "computed"}
+            else:
+                image, _ = to_grey(open_bytes(ctx.store.get(row.path)))
+                mask = None
+                if row.mask_path:
+                    mask, _ = binarize(mask_levels(open_bytes(ctx.store.get(row.mask_path))))
+        except DatasetError as exc:
+            raise SampleError(f"image {row.id} ({row.name}): {exc}") from exc
         except (ImageReadError, OSError) as exc:
             raise SampleError(f"image {row.id} ({row.name}, store path {row.path}): {exc}") from exc
         _check_image(image, f"image {row.id} ({row.name})")
         out.append(ImageSample(row.name, image, mask, row.class_label, image_id=row.id,
-                               source=f"store:{row.path}", meta={"case_id": row.case_id}))
+                               source=f"store:{row.path}", meta=meta))
     return out, kind
 
 
-def load_ref(ref: str, ctx: AppContext | None = None, class_label: str | None = None
-             ) -> tuple[list[ImageSample], str]:
-    """Resolve a CLI/API reference: an existing folder, else a store id (needs ``ctx``)."""
+def load_ref(ref: str, ctx: AppContext | None = None, class_label: str | None = None,
+             size: int | None = None) -> tuple[list[ImageSample], str]:
+    """Resolve a CLI/API reference: an existing folder, else a store id (needs ``ctx``).
+    ``size`` applies to datasets only (see the module docstring)."""
     p = Path(ref)
     if p.exists():
-        samples, kind = load_dir(p)
+        samples, kind = load_dir(p, size)
         if class_label is not None:
             samples = [x for x in samples if x.class_label == class_label]
         return samples, kind
     if ctx is None:
         raise SampleError(f"{ref}: no such folder (and no results store to look the id up in)")
-    return load_store(ctx, ref, class_label)
+    return load_store(ctx, ref, class_label, size)

@@ -60,9 +60,8 @@ def register(app: typer.Typer) -> None:
         import torch
         from sonoaudit_metrics.config import MetricsSettings
         from sonoaudit_metrics.inception import WeightsError
-        from sonoaudit_metrics.runs import run_metrics
-        from sonoaudit_metrics.samples import SampleError, load_ref
-        from sonoaudit_metrics.scoring import score_sets
+        from sonoaudit_metrics.runs import run_metrics, score_refs
+        from sonoaudit_metrics.samples import SampleError
 
         ms = MetricsSettings()
         if is_weights is not None:
@@ -76,11 +75,7 @@ def register(app: typer.Typer) -> None:
                 res = dict(run.results)
                 res["metric_run_id"] = run.id
             else:
-                r, _ = load_ref(real, ctx, class_label)
-                s, _ = load_ref(synthetic, ctx, class_label)
-                res = score_sets(r, s, ms.options(), store=ctx.store,
-                                 cache_dir=ms.resolved_cache_dir(ctx.settings.home),
-                                 class_label=class_label)
+                res = score_refs(ctx, real, synthetic, class_label, ms.options(), ms)
         except (SampleError, WeightsError) as exc:
             fail(str(exc))
         finally:
