@@ -135,6 +135,8 @@ def read(root: Path) -> ReaderResult:
         elif p.stem not in listed:
             out.problems.append(Problem(str(p), f"image is not listed in {labels.name}"))
     for p in list_files(masks_dir):
-        if p.name not in expected_masks:
+        if p.suffix.lower() != ".png" or not p.name.startswith("mask_"):
+            out.problems.append(Problem(str(p), "unexpected file in Masks/ (expected mask_*.png)"))
+        elif p.name not in expected_masks:
             out.problems.append(Problem(str(p), "extra mask: no listed image has this mask"))
     return out

@@ -144,6 +144,8 @@ def read(root: Path) -> ReaderResult:
         elif p.stem not in listed:
             out.problems.append(Problem(str(p), f"image is not listed in {labels.name}"))
     for p in list_files(masks_dir):
-        if p.suffix.lower() != ".png" or p.stem not in listed:
+        if p.suffix.lower() != ".png":
+            out.problems.append(Problem(str(p), "unexpected file in GT/ (expected NNNNNN.png)"))
+        elif p.stem not in listed:
             out.problems.append(Problem(str(p), "extra mask: no listed image has this mask"))
     return out
