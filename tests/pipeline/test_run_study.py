@@ -1,18 +1,24 @@
 """The main job end to end in embedded mode (SQLite, in-process calls) on a tiny phantom study:
-every step runs and is recorded, a re-run skips all of them, ``--from`` forces a step and the
-ones after it, and the report says what was simulated, phantom or not run."""
+every step runs and is recorded, a re-run skips all of them (but tries a not-run step again),
+``--from`` forces a step and the ones after it, new answers re-run agreement and report, the LLM
+step runs once a key is set, the study (with its answers) is kept when its items did not change,
+and the report says what was simulated, phantom or not run."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from typer.testing import CliRunner
-
 from sonoaudit.cli.main import app
+from sonoaudit.context import build_context
+from sonoaudit.db.models import Answer, Study, StudyItem
 from sonoaudit.pipeline.config import load_config
 from sonoaudit.pipeline.runner import STEPS
+from sonoaudit.settings import Settings
+from sqlalchemy import func, select
+from typer.testing import CliRunner
 
 TINY = """
 name: tiny
@@ -41,7 +47,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]
 def test_every_step_runs_and_report_is_labelled(tiny_run: tuple[Path, Path, str]) -> None:
     _, out, output = tiny_run
     for i, step in enumerate(STEPS, 1):
-        assert f"[{i}/{len(STEPS)}] {step}: done in" in output
+        if step == "classify":  # no key: not run, and not recorded as done
+            assert f"[{i}/{len(STEPS)}] {step}: not run (tried again on the next run)" in output
+        else:
+            assert f"[{i}/{len(STEPS)}] {step}: done in" in output
     state = json.loads((out / "pipeline.json").read_text())
     assert set(state["steps"]) == set(STEPS)
     assert set(state["steps"]["train"]["models"]) == {"benign", "malignant"}
@@ -63,11 +72,13 @@ def test_rerun_skips_and_from_forces(tiny_run: tuple[Path, Path, str]) -> None:
     env = {"SONOAUDIT_HOME": str(out.parent / "home"), "GEMINI_API_KEY": "", "GOOGLE_API_KEY": ""}
     res = CliRunner().invoke(app, ["run-study", str(cfg), "--out", str(out)], env=env)
     assert res.exit_code == 0, res.output
-    assert res.output.count("skipped") == len(STEPS)
+    # every step but classify, which did not run and is tried again
+    assert res.output.count("skipped") == len(STEPS) - 1
+    assert "[5/8] classify: not run" in res.output
     res = CliRunner().invoke(app, ["run-study", str(cfg), "--out", str(out), "--from",
                                    "agreement"], env=env)
     assert res.exit_code == 0, res.output
-    assert res.output.count("skipped") == len(STEPS) - 2
+    assert res.output.count("skipped") == len(STEPS) - 3
     assert "[7/8] agreement: done in" in res.output and "[8/8] report: done in" in res.output
 
 
@@ -89,3 +100,84 @@ def test_bundled_demo_config_loads() -> None:
     assert cfg.data.path is None and cfg.study.simulate_panel is not None
     cfg = load_config("demo", **{"data.path": "/data/BUSBRA"})
     assert cfg.data.path == "/data/BUSBRA"
+
+
+def _rerun(cfg: Path, out: Path, *extra: str, **env: str) -> str:
+    env = {"SONOAUDIT_HOME": str(out.parent / "home"), "GEMINI_API_KEY": "",
+           "GOOGLE_API_KEY": "", **env}
+    res = CliRunner().invoke(app, ["run-study", str(cfg), "--out", str(out), *extra], env=env)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def _ran(output: str) -> list[str]:
+    return [step for i, step in enumerate(STEPS, 1)
+            if f"[{i}/{len(STEPS)}] {step}: done in" in output]
+
+
+@pytest.mark.slow
+def test_rerun_follows_answers_and_llm_and_keeps_the_study(
+    tiny_run: tuple[Path, Path, str]
+) -> None:
+    from sonoaudit_classifier.testing.fake_servers import FakeGeminiServer
+    from sonoaudit_raters.study.reading import reader_view, reveal_llm, submit
+    from sonoaudit_raters.study.setup import reader_for_token
+
+    cfg, out, _ = tiny_run
+    ctx = build_context(Settings(home=out.parent / "home"))
+    try:
+        state = json.loads((out / "pipeline.json").read_text())
+        study_id = state["steps"]["study"]["study_id"]
+        links = (out / "reader-links.txt").read_text()
+        token = links.split("dr-a: ")[1].split()[0].rsplit("/", 1)[1]
+        with ctx.sessions() as s:
+            first = reader_view(s, reader_for_token(s, token)).items[0]
+            truth = s.get_one(StudyItem, first.item_id).ground_truth
+
+        def agreement() -> dict[str, Any]:
+            return dict(json.loads((out / "agreement.json").read_text()))
+
+        assert "dr-a" not in agreement()["reader_accuracy"]["strata"]["all"]["raters"]
+        n_ratings = agreement()["class_agreement"]["strata"]["all"]["n_ratings"]
+
+        # (a) a reader answers between runs: a plain re-run redoes agreement and report
+        submit(ctx, token, first.item_key, "read", {"class": truth, "confidence": "60"},
+               client_event_id="answer-one-0001")
+        output = _rerun(cfg, out)
+        assert _ran(output) == ["agreement", "report"], output
+        dr_a = agreement()["reader_accuracy"]["strata"]["all"]["raters"]["dr-a"]
+        assert (dr_a["n"], dr_a["n_correct"]) == (1, 1)
+        assert agreement()["class_agreement"]["strata"]["all"]["n_ratings"] == n_ratings + 1
+        # nothing changed since: both are skipped again
+        assert _ran(_rerun(cfg, out)) == []
+
+        with FakeGeminiServer() as gemini:
+            llm_env = {"GEMINI_API_KEY": "fake-key", "SONOAUDIT_GEMINI_BASE_URL": gemini.url}
+            # (b) a key is set now: the not-run classify step runs on a plain re-run
+            output = _rerun(cfg, out, **llm_env)
+            assert "[5/8] classify: done in" in output
+            # (c) the study has the same items: reused, dr-a's link and answer kept
+            assert f"study {study_id} has the same items: reused" in output
+            state = json.loads((out / "pipeline.json").read_text())
+            assert state["steps"]["study"]["study_id"] == study_id
+            assert state["steps"]["classify"]["n_results"] == 12
+            assert len(agreement()["llm"]) > 0
+            html = Path(state["steps"]["report"]["report_html"]).read_text()
+            assert "GEMINI_API_KEY" not in html
+            # the reused study shows the new LLM answers to its readers
+            assert reveal_llm(ctx, token, first.item_key).label in ("benign", "malignant", "normal")
+            # --from classify: still the same study, nothing lost
+            output = _rerun(cfg, out, "--from", "classify", **llm_env)
+            assert _ran(output) == ["classify", "study", "agreement", "report"], output
+        state = json.loads((out / "pipeline.json").read_text())
+        assert state["steps"]["study"]["study_id"] == study_id
+        assert (out / "reader-links.txt").read_text() == links
+        with ctx.sessions() as s:
+            assert s.scalar(select(func.count(Study.id)).where(Study.name == "tiny")) == 1
+            answers = s.scalars(select(Answer).where(
+                Answer.study_id == study_id,
+                Answer.client_event_id.startswith("answer-one-0001"))).all()
+            assert {a.question: a.value for a in answers} == {"class": truth,
+                                                               "confidence": "60"}
+    finally:
+        ctx.close()

@@ -194,11 +194,17 @@ class DistributedTransport:
         self._admin_tokens[body["study_id"]] = body["admin_token"]
         return StudyHandle(str(body["study_id"]), str(body["admin_token"]))
 
+    def attach_study(self, handle: StudyHandle) -> None:
+        """An existing study is reused: its admin token (from reader-links.txt) enrols readers."""
+        if handle.admin_token:
+            self._admin_tokens[handle.study_id] = handle.admin_token
+
     def _admin(self, study_id: str) -> str:
         token = self._admin_tokens.get(study_id)
         if token is None:
-            raise ServiceError(f"no admin token for study {study_id} in this run "
-                               "(it is only returned when the study is created)")
+            raise ServiceError(f"no admin token for study {study_id} in this run (it is only "
+                               "returned when the study is created, and kept in the "
+                               "reader-links.txt of the run's output folder)")
         return token
 
     def add_reader(self, study_id: str, name: str, simulated: bool = False) -> str:

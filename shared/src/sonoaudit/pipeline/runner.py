@@ -1,5 +1,10 @@
 """Runs the steps in order, records each in the store, skips the ones already done with the same
-inputs, and forces a step and all after it with ``from_step``."""
+inputs, and forces a step and all after it with ``from_step``.
+
+A step's inputs are its config section, the outputs of the steps it depends on (without their
+timings) and, for agreement and report, a fingerprint of the study's answers and readers (readers
+answer between runs). A step that returns ``{"not_run": why}`` is recorded as ``not_run``, never as
+done, so it is tried again on the next run (e.g. once GEMINI_API_KEY is set)."""
 
 from __future__ import annotations
 
@@ -13,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from sonoaudit.context import AppContext
 from sonoaudit.db.base import utcnow
-from sonoaudit.db.models import Image, PipelineRun, PipelineStep
+from sonoaudit.db.models import Answer, Image, PipelineRun, PipelineStep, Reader, Study, StudyItem
 from sonoaudit.db.session import session_scope
 from sonoaudit.pipeline.config import RunConfig
-from sonoaudit.pipeline.transport import Transport
+from sonoaudit.pipeline.transport import StudyHandle, Transport
 from sonoaudit.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -34,7 +39,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "metrics": ("import", "generate"),
     "classify": ("import", "generate"),
     "study": ("import", "generate", "classify"),
-    "agreement": ("study",),
+    # the analysis also reads the study images' LLM answers and metric runs from the store
+    "agreement": ("study", "metrics", "classify"),
     "report": ("study", "metrics", "classify", "agreement"),
 }
 
@@ -53,6 +59,15 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _without_timing(output: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A step's output as an input of later steps: its run time is no input of theirs."""
+    return None if output is None else {k: v for k, v in output.items() if k != "seconds"}
+
+
+# Steps whose result depends on what readers did since the last run, not only on the pipeline.
+READS_ANSWERS = ("agreement", "report")
+
+
 class Pipeline:
     def __init__(self, ctx: AppContext, transport: Transport, config: RunConfig,
                  out_dir: Path, echo: Echo = print) -> None:
@@ -61,6 +76,7 @@ class Pipeline:
         self.cfg = config
         self.out = out_dir
         self.echo = echo
+        self._previous: dict[str, PipelineStep] = {}
 
     # -- state ------------------------------------------------------------------------------
     def _run_row(self) -> str:
@@ -104,6 +120,25 @@ class Pipeline:
             else:
                 row.finished_at = utcnow()
 
+    def _base_url(self) -> str:
+        return self.cfg.study.base_url
+
+    def _answers_fingerprint(self, study_id: str | None) -> dict[str, Any]:
+        """What readers changed since the last run: answers are append-only events (an edit is a
+        new row), so their count and latest id/time change with every answer; readers added or
+        revoked change the reader counts."""
+        if not study_id:
+            return {}
+        with self.ctx.sessions() as s:
+            n, last_id, last_at = s.execute(
+                select(func.count(Answer.id), func.max(Answer.id), func.max(Answer.created_at))
+                .where(Answer.study_id == study_id)).one()
+            readers, revoked = s.execute(
+                select(func.count(Reader.id), func.count(Reader.revoked_at))
+                .where(Reader.study_id == study_id)).one()
+        return {"answers": int(n), "last_answer_id": last_id, "last_answer_at": str(last_at),
+                "readers": int(readers), "revoked": int(revoked)}
+
     # -- run --------------------------------------------------------------------------------
     def run(self, from_step: str | None = None, only: str | None = None) -> RunResult:
         if from_step is not None and from_step not in STEPS:
@@ -111,12 +146,17 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         run_id = self._run_row()
         done = self._load_steps(run_id)
+        self._previous = done
         result = RunResult(run_id)
         forced = False
         for i, step in enumerate(STEPS, 1):
             forced = forced or step == from_step
-            inputs = {"config": self.cfg.section(step),
-                      "after": {d: result.outputs.get(d) for d in DEPENDS[step]}}
+            inputs: dict[str, Any] = {
+                "config": self.cfg.section(step),
+                "after": {d: _without_timing(result.outputs.get(d)) for d in DEPENDS[step]}}
+            if step in READS_ANSWERS:
+                inputs["answers"] = self._answers_fingerprint(
+                    result.outputs.get("study", {}).get("study_id"))
             h = _hash(inputs)
             prev = done.get(step)
             if not forced and prev is not None and prev.status == "done" and prev.inputs_hash == h:
@@ -136,10 +176,14 @@ class Pipeline:
                 self.echo(f"[{i}/{len(STEPS)}] {step}: FAILED: {exc}")
                 raise
             output["seconds"] = round(time.perf_counter() - start, 1)
-            self._record(run_id, step, "done", h, output)
+            not_run = bool(output.get("not_run"))
+            self._record(run_id, step, "not_run" if not_run else "done", h, output)
             result.outputs[step] = output
             result.ran.append(step)
-            self.echo(f"[{i}/{len(STEPS)}] {step}: done in {output['seconds']} s")
+            if not_run:
+                self.echo(f"[{i}/{len(STEPS)}] {step}: not run (tried again on the next run)")
+            else:
+                self.echo(f"[{i}/{len(STEPS)}] {step}: done in {output['seconds']} s")
         (self.out / "pipeline.json").write_text(json.dumps(
             {"run_id": run_id, "name": self.cfg.name, "transport": self.t.name,
              "steps": result.outputs}, indent=2, default=str))
@@ -250,20 +294,46 @@ class Pipeline:
     def step_study(self, outs: dict[str, Any]) -> dict[str, Any]:
         sc = self.cfg.study
         real, synthetic = self._study_images(outs)
-        handle = self.t.create_study(self.cfg.name, real, synthetic, sc.seed)
+        panel = sc.simulate_panel.model_dump() if sc.simulate_panel is not None else None
+        links_file = self.out / "reader-links.txt"
+        earlier = self._reusable_study(real, synthetic, panel)
+        old_lines: list[str] = []
+        if earlier is not None:
+            # Same items, seed and panel: keep the study, its readers' links and their answers.
+            # The LLM answer shown to readers is looked up when they read, so answers of a newer
+            # classify step appear without a new study.
+            old_lines = links_file.read_text().splitlines()[1:] if links_file.is_file() else []
+            admin = next((ln.removeprefix("admin token: ") for ln in old_lines
+                          if ln.startswith("admin token: ")), None)
+            handle = StudyHandle(earlier, admin)
+            self.t.attach_study(handle)
+            have = self._reader_names(earlier)
+            self.echo(f"    study {earlier} has the same items: reused, with its readers and "
+                      "answers (change study.seed or the run name for a new study)")
+            if have and not old_lines:
+                self.echo(f"    {links_file} is missing: earlier readers keep the links they "
+                          "were sent")
+        else:
+            handle = self.t.create_study(self.cfg.name, real, synthetic, sc.seed)
+            have = set()
         links = []
         for reader in sc.readers:
+            if reader in have:
+                continue
             token = self.t.add_reader(handle.study_id, reader)
-            links.append(f"{reader}: {self.t.reader_link(sc.base_url, token)}")
+            links.append(f"{reader}: {self.t.reader_link(self._base_url(), token)}")
         simulated: list[str] = []
-        if sc.simulate_panel is not None:
+        if sc.simulate_panel is not None and earlier is None:
             p = sc.simulate_panel
             simulated = self.t.simulate_panel(handle.study_id, p.n_readers, p.accuracy, p.seed)
             self.echo(f"    SIMULATED reader panel: {len(simulated)} readers answered every item")
+        elif sc.simulate_panel is not None:
+            simulated = sorted(self._reader_names(handle.study_id, simulated=True))
         # Tokens are stored hashed; this file is the only place the links exist.
-        links_file = self.out / "reader-links.txt"
         lines = [f"study {handle.study_id} ({len(real)} real + {len(synthetic)} synthetic items)"]
-        if handle.admin_token:
+        if old_lines:
+            lines += old_lines
+        elif handle.admin_token:
             lines.append(f"admin token: {handle.admin_token}")
         lines += links
         links_file.write_text("\n".join(lines) + "\n")
@@ -271,8 +341,32 @@ class Pipeline:
         for line in links:
             self.echo(f"    reader link — {line}")
         return {"study_id": handle.study_id, "n_real": len(real), "n_synthetic": len(synthetic),
-                "readers": sc.readers, "simulated_readers": len(simulated),
+                "readers": sc.readers, "simulated_readers": len(simulated), "panel": panel,
                 "links_file": str(links_file)}
+
+    def _reusable_study(self, real: list[str], synthetic: list[str],
+                        panel: dict[str, Any] | None) -> str | None:
+        """The study this run made before, when it has exactly these items, seed and panel."""
+        prev = self._previous.get("study")
+        before = (prev.output or {}) if prev is not None else {}
+        study_id = before.get("study_id")
+        if not study_id or before.get("panel") != panel:
+            return None
+        with self.ctx.sessions() as s:
+            study = s.get(Study, study_id)
+            if study is None or study.seed != self.cfg.study.seed or \
+                    study.simulated != (panel is not None):
+                return None
+            items = s.execute(select(StudyItem.image_id, StudyItem.source).where(
+                StudyItem.study_id == study_id, StudyItem.repeat_of.is_(None))).all()
+        want = {(i, "real") for i in real} | {(i, "synthetic") for i in synthetic}
+        have = {(r.image_id, r.source) for r in items}
+        return str(study_id) if have == want and len(items) == len(want) else None
+
+    def _reader_names(self, study_id: str, simulated: bool = False) -> set[str]:
+        with self.ctx.sessions() as s:
+            return set(s.scalars(select(Reader.name).where(
+                Reader.study_id == study_id, Reader.simulated.is_(simulated))))
 
     def step_agreement(self, outs: dict[str, Any]) -> dict[str, Any]:
         from sonoaudit_raters.report.analysis import analyse_study

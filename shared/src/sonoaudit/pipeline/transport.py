@@ -14,7 +14,8 @@ from sonoaudit.context import AppContext
 @dataclass(frozen=True)
 class StudyHandle:
     study_id: str
-    admin_token: str | None  # only known when the study was created in this call
+    # known when the study was created in this call, or read back from reader-links.txt
+    admin_token: str | None
 
 
 class Transport(Protocol):
@@ -31,6 +32,7 @@ class Transport(Protocol):
                  replicates: int) -> dict[str, Any]: ...
     def create_study(self, name: str, real_ids: list[str], synthetic_ids: list[str],
                      seed: int) -> StudyHandle: ...
+    def attach_study(self, handle: StudyHandle) -> None: ...
     def add_reader(self, study_id: str, name: str, simulated: bool = False) -> str: ...
     def simulate_panel(self, study_id: str, n_readers: int, accuracy: float,
                        seed: int) -> list[str]: ...
@@ -96,6 +98,9 @@ class EmbeddedTransport:
 
         study, token = create_study(self.ctx, name, real_ids, synthetic_ids, seed=seed)
         return StudyHandle(study.id, token)
+
+    def attach_study(self, handle: StudyHandle) -> None:
+        """An existing study is reused; in-process calls need no admin token."""
 
     def add_reader(self, study_id: str, name: str, simulated: bool = False) -> str:
         from sonoaudit_raters.study.setup import add_reader
