@@ -152,7 +152,10 @@ def test_nats_runs_jetstream_on_a_persistent_volume(compose: dict[str, Any]) -> 
 def test_settings_come_from_env_and_name_real_settings(
     compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
-    fields = set(Settings.model_fields)
+    from sonoaudit_raters.study.settings import StudySettings
+
+    # SONOAUDIT_<field> of the shared settings, SONOAUDIT_STUDY_<field> of the raters' study.
+    fields = set(Settings.model_fields) | {f"study_{f}" for f in StudySettings.model_fields}
     for name, svc in _sonoaudit_services(services).items():
         env = svc["environment"]
         for key in env:
