@@ -59,7 +59,10 @@ class StudyConfig(_Cfg):
     n_real_per_class: int = Field(default=10, ge=0)
     n_synthetic_per_class: int = Field(default=10, ge=0)
     readers: list[str] = Field(default_factory=list, description="Names of readers to invite.")
-    base_url: str = "http://127.0.0.1:8000"
+    base_url: str | None = Field(
+        default=None, description="Address readers open the study at (reader links); unset = "
+        "SONOAUDIT_RATERS_URL in distributed mode, http://127.0.0.1:8000 (`sonoaudit serve "
+        "raters`) in embedded mode.")
     seed: int = 0
     simulate_panel: SimulatedPanel | None = Field(
         default=None, description="Demo only: fill answers from a simulated panel (labelled).")

@@ -64,6 +64,9 @@ def _without_timing(output: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if output is None else {k: v for k, v in output.items() if k != "seconds"}
 
 
+# Where `sonoaudit serve raters` answers by default (embedded mode's reader links).
+EMBEDDED_BASE_URL = "http://127.0.0.1:8000"
+
 # Steps whose result depends on what readers did since the last run, not only on the pipeline.
 READS_ANSWERS = ("agreement", "report")
 
@@ -121,7 +124,13 @@ class Pipeline:
                 row.finished_at = utcnow()
 
     def _base_url(self) -> str:
-        return self.cfg.study.base_url
+        """Where the reader links point: the config's study.base_url, else the raters service
+        the pipeline talks to (distributed), else a local `sonoaudit serve raters`."""
+        if self.cfg.study.base_url:
+            return self.cfg.study.base_url
+        if self.t.name == "distributed":
+            return self.ctx.settings.raters_url
+        return EMBEDDED_BASE_URL
 
     def _answers_fingerprint(self, study_id: str | None) -> dict[str, Any]:
         """What readers changed since the last run: answers are append-only events (an edit is a
