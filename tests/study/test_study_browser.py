@@ -1,11 +1,15 @@
 """End to end in real headless Chromium (Debian's, driven by Playwright): readers answer with the
 keyboard, resume after a reload, see the LLM answer only after locking, and cannot reach admin
-routes or other readers' answers. Screenshots go to test-artifacts/study/."""
+routes or other readers' answers; in the "done when" run `sonoaudit agreement` on the admin's
+export gives the report endpoint's numbers. Screenshots go to test-artifacts/study/."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +150,120 @@ def test_keyboard_resume_llm_reveal_and_blinding(store: Any, live: Any, add_llm:
     ctx1.close()
 
 
+CLASSES = ("benign", "malignant", "normal")
+CONFIDENCE = tuple(str(v) for v in range(0, 101, 20))
+PARITY_B = 200  # bootstrap replicates for both sides of the CLI-vs-service comparison
+
+
+def _close(cli: Any, svc: Any, where: str) -> None:
+    """Deep equality of two JSON values, floats to 1e-12 (the same code on the same table)."""
+    if isinstance(cli, float) or isinstance(svc, float):
+        assert isinstance(cli, (int, float)) and isinstance(svc, (int, float)), where
+        assert math.isclose(cli, svc, rel_tol=0, abs_tol=1e-12), (where, cli, svc)
+    elif isinstance(cli, dict):
+        assert isinstance(svc, dict) and sorted(cli) == sorted(svc), (where, cli, svc)
+        for k in cli:
+            _close(cli[k], svc[k], f"{where}.{k}")
+    elif isinstance(cli, list):
+        assert isinstance(svc, list) and len(cli) == len(svc), (where, cli, svc)
+        for n, (a, b) in enumerate(zip(cli, svc, strict=True)):
+            _close(a, b, f"{where}[{n}]")
+    else:
+        assert cli == svc, (where, cli, svc)
+
+
+def _cli_agreement(rows: list[dict[str, str]], question: str, tmp: Path,
+                   args: list[str]) -> dict[str, Any]:
+    """``sonoaudit agreement --json`` on the export's rows of one question (repeats left out,
+    as the report does), written to their own CSV: the command reads one question per table."""
+    from sonoaudit.cli.main import app
+    from typer.testing import CliRunner
+
+    path = tmp / f"export-{question}.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["question"] == question and not r["repeat_of"])
+    res = CliRunner().invoke(app, ["agreement", str(path), "--item", "item", "--rater", "reader",
+                                   "--value", "answer", *args, "--json",
+                                   "-B", str(PARITY_B), "--seed", "0"])
+    assert res.exit_code == 0, res.output
+    out: dict[str, Any] = json.loads(res.output)
+    return out
+
+
+def _agreement_parity(rows: list[dict[str, str]], typed: dict[tuple[str, str], tuple[str, str]],
+                      server_url: str, admin: str, study_id: str, tmp: Path) -> None:
+    """Issue 7's "done when": `sonoaudit agreement` on the real sample's export gives the
+    service's numbers (the report JSON over HTTP, same B and seed), and both equal independent
+    computations (by hand, scikit-learn, `krippendorff`) on what the readers typed."""
+    import krippendorff
+    import numpy as np
+    from sklearn.metrics import cohen_kappa_score
+
+    cli_cls = _cli_agreement(rows, "class", tmp, ["--level", "nominal",
+                                                  "--scale", ",".join(CLASSES)])
+    cli_conf = _cli_agreement(rows, "confidence", tmp, ["--level", "ordinal",
+                                                        "--scale", ",".join(CONFIDENCE)])
+    with httpx.Client(base_url=server_url, timeout=120,
+                      headers={"Authorization": f"Bearer {admin}"}) as c:
+        r = c.get(f"/study/admin/{study_id}/report",
+                  params={"format": "json", "bootstrap": PARITY_B, "seed": 0})
+    assert r.status_code == 200, r.text
+    rep = r.json()
+    svc_cls = rep["class_agreement"]["strata"]["all"]
+    svc_conf = rep["confidence_agreement"]["strata"]["all"]
+    for cli, svc, level in ((cli_cls, svc_cls, "nominal"), (cli_conf, svc_conf, "ordinal")):
+        assert (cli["n_items"], cli["n_raters"], cli["n_ratings"]) == (40, 3, 120)
+        assert cli["level"] == level
+        for key in ("percent_agreement", "fleiss_kappa", "krippendorff_alpha", "gwet_ac1"):
+            assert cli[key]["value"] is not None and cli[key]["ci95"] is not None, key
+            assert cli[key]["bootstrap"] == {"B": PARITY_B, "undefined": 0}, key
+            _close(cli[key], svc[key], f"{level}.{key}")
+        pairs = [(p["rater_a"], p["rater_b"], p["n"]) for p in cli["cohen_kappa_pairwise"]]
+        assert pairs == [("Radiologist A", "Radiologist B", 40),
+                         ("Radiologist A", "Radiologist C", 40),
+                         ("Radiologist B", "Radiologist C", 40)]
+        _close(cli["cohen_kappa_pairwise"], svc["cohen_kappa_pairwise"], f"{level}.pairwise")
+        # ... and every other number of the object (alpha per level, weighted kappas, Light's)
+        _close({k: v for k, v in cli.items() if k not in ("input", "provenance")}, svc, level)
+    assert set(cli_conf["krippendorff_alpha_by_level"]) == {"nominal", "ordinal", "interval"}
+    assert set(cli_conf["cohen_kappa_pairwise"][0]["weighted"]) == {"linear", "quadratic"}
+
+    # independent values from what the readers typed in the browser
+    readers = sorted({name for name, _ in typed})
+    items = sorted({key for _, key in typed})
+    cls = {(n, k): v[0] for (n, k), v in typed.items()}
+    conf = {(n, k): int(v[1]) for (n, k), v in typed.items()}
+    pa = np.mean([sum(a == b for a, b in combinations([cls[(n, k)] for n in readers], 2)) / 3
+                  for k in items])
+    assert math.isclose(cli_cls["percent_agreement"]["value"], pa, abs_tol=1e-12)
+    for p in cli_cls["cohen_kappa_pairwise"]:
+        want = cohen_kappa_score([cls[(p["rater_a"], k)] for k in items],
+                                 [cls[(p["rater_b"], k)] for k in items], labels=list(CLASSES))
+        assert math.isclose(p["value"], want, abs_tol=1e-12), p
+    for p in cli_conf["cohen_kappa_pairwise"]:
+        for w in ("linear", "quadratic"):
+            # over the declared scale 0..100, not only the levels used
+            want = cohen_kappa_score([conf[(p["rater_a"], k)] for k in items],
+                                     [conf[(p["rater_b"], k)] for k in items],
+                                     labels=[int(v) for v in CONFIDENCE], weights=w)
+            assert math.isclose(p["weighted"][w]["value"], want, abs_tol=1e-12), (p, w)
+    code = {c: n for n, c in enumerate(CLASSES)}
+    want_alpha = krippendorff.alpha(
+        reliability_data=[[code[cls[(n, k)]] for k in items] for n in readers],
+        level_of_measurement="nominal")
+    assert math.isclose(cli_cls["krippendorff_alpha"]["value"], want_alpha, abs_tol=1e-12)
+    for lv in ("ordinal", "interval"):
+        want_alpha = krippendorff.alpha(
+            reliability_data=[[conf[(n, k)] for k in items] for n in readers],
+            value_domain=[int(v) for v in CONFIDENCE], level_of_measurement=lv)
+        assert math.isclose(cli_conf["krippendorff_alpha_by_level"][lv]["value"], want_alpha,
+                            abs_tol=1e-12), lv
+
+
 def _done_when(st: Any, server_url: str, browser: Any, add_llm: Any, artifacts: Path,
-               tag: str, creator: str) -> None:
+               tag: str, creator: str, tmp: Path) -> None:
     real, synth = st.real_ids(10), st.synthetic_ids(10)
     assert len(real) == 20 and len(synth) == 20
     add_llm(st.ctx, real[:2] + synth[:2])
@@ -209,19 +325,21 @@ def _done_when(st: Any, server_url: str, browser: Any, add_llm: Any, artifacts: 
         assert row["answer"] == (want[0] if row["question"] == "class" else want[1])
         assert row["time"] and int(row["time_on_item_ms"]) > 0
     assert sum(r["source"] == "real" for r in by_q["class"]) == 60
+    _agreement_parity(rows, typed, server_url, admin, study_id, tmp)
 
 
 def test_done_when_three_readers_complete_40_items(store: Any, live: Any, add_llm: Any,
                                                    browser: Any, artifacts: Path,
-                                                   creator_token: str) -> None:
-    _done_when(store, live.url, browser, add_llm, artifacts, "sqlite", creator_token)
+                                                   creator_token: str, tmp_path: Path) -> None:
+    _done_when(store, live.url, browser, add_llm, artifacts, "sqlite", creator_token, tmp_path)
 
 
 @pytest.mark.integration
 def test_done_when_on_postgres(pg_store: Any, add_llm: Any, browser: Any, artifacts: Path,
-                               serve: Any, creator_token: str) -> None:
+                               serve: Any, creator_token: str, tmp_path: Path) -> None:
     with serve(pg_store.settings) as server:
-        _done_when(pg_store, server.url, browser, add_llm, artifacts, "postgres", creator_token)
+        _done_when(pg_store, server.url, browser, add_llm, artifacts, "postgres", creator_token,
+                   tmp_path)
 
 
 def test_admin_pages_in_browser(store: Any, live: Any, browser: Any, artifacts: Path) -> None:
