@@ -106,3 +106,32 @@ def test_cli_text_summary_and_errors(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["metrics", "--real", str(tmp_path / "missing"),
                                    "--synthetic", str(syn), "--no-store"], env=env)
     assert bad.exit_code == 2 and "missing" in bad.output
+
+
+@pytest.mark.parametrize("store", ["--store", "--no-store"])
+def test_cli_weights_missing_and_nan_results_are_one_line_errors(
+        tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from metrics_helpers import speckle_sample
+
+    real = write_pairs(tmp_path / "r", [speckle_sample(f"r{i}", i) for i in range(3)])
+    syn = write_pairs(tmp_path / "s", [speckle_sample(f"s{i}", 9 + i) for i in range(3)])
+    missing = tmp_path / "no_weights.pt"
+    env = {"SONOAUDIT_HOME": str(tmp_path / "home"), "SONOAUDIT_METRICS_KID_SUBSETS": "5"}
+    args = ["metrics", "--real", str(real), "--synthetic", str(syn), store]
+    res = CliRunner().invoke(app, args, env={**env,
+                                             "SONOAUDIT_METRICS_INCEPTION_WEIGHTS": str(missing)})
+    assert res.exit_code == 2 and res.stdout == "" and "Traceback" not in res.output
+    assert res.stderr.splitlines()[-1] == (f"error: metrics weights unavailable: FID Inception "
+                                           f"weights file {missing} does not exist")
+
+    import sonoaudit_metrics.scoring as scoring
+
+    def nan_kid(*a: Any, **k: Any) -> dict[str, Any]:
+        return {"mean": float("nan"), "std": 0.0}
+
+    monkeypatch.setattr(scoring, "kid", nan_kid)
+    res = CliRunner().invoke(app, args, env=env)
+    assert res.exit_code == 2 and res.stdout == "" and "Traceback" not in res.output
+    assert res.stderr.splitlines()[-1] == ("error: the sets cannot be scored: results.kid.mean "
+                                           "is not finite (nan)")
+    # (the lines above it are the feature progress bars, also on stderr)

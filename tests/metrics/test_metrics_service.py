@@ -117,3 +117,96 @@ def test_background_job_on_postgres_and_nats(tmp_path: Path, postgres_url: str,
         failed = wait_job(client, bad.json()["job_id"])
         assert failed["status"] == "failed" and "no-such-run" in failed["error"]
         assert client.get("/metrics/jobs/nope").status_code == 404
+
+
+def nan_kid(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """KID that came out NaN (what the final NaN/complex guard exists for)."""
+    return {"mean": float("nan"), "std": 0.0, "subset_size": 2, "subsets": 1}
+
+
+def test_inline_post_weights_missing_is_503_and_nan_is_422(
+        tmp_path: Path, sqlite_url: str, sets: tuple[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    upgrade(sqlite_url)
+    settings = Settings(home=tmp_path / "home", database_url=sqlite_url)
+    real, syn = sets
+    missing = tmp_path / "no_weights.pt"
+    no_weights = MetricsSettings(cache_dir=tmp_path / "cache", kid_subsets=10,
+                                 inception_weights=missing)
+    with TestClient(create_app(settings, no_weights)) as client:
+        wait_ready(client)
+        r = client.post("/metrics", json={"real_ref": real, "synthetic_ref": syn})
+        assert r.status_code == 503, r.text
+        assert r.json()["detail"] == (f"metrics weights unavailable: FID Inception weights "
+                                      f"file {missing} does not exist")
+    import sonoaudit_metrics.scoring as scoring
+
+    monkeypatch.setattr(scoring, "kid", nan_kid)
+    with TestClient(create_app(settings, msettings(tmp_path))) as client:
+        wait_ready(client)
+        r = client.post("/metrics", json={"real_ref": real, "synthetic_ref": syn})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"] == ("the sets cannot be scored: results.kid.mean is not "
+                                      "finite (nan)")
+    with session_scope(build_context(settings).sessions) as s:
+        runs = {r.error: r.status for r in s.scalars(select(MetricRun))}
+    assert runs == {f"metrics weights unavailable: FID Inception weights file {missing} does "
+                    "not exist": "failed",
+                    "the sets cannot be scored: results.kid.mean is not finite (nan)": "failed"}
+
+
+@pytest.mark.integration
+def test_background_job_failures_end_the_job_with_the_reason(
+        tmp_path: Path, postgres_url: str, nats_server: str, sets: tuple[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Missing weights and a NaN result fail the job at once (poison: no redelivery) with the
+    reason; an unexpected error is retried, then dead-lettered, and the job ends failed too
+    (it used to stay 'running')."""
+    import sonoaudit_metrics.runs as runs_mod
+    import sonoaudit_metrics.scoring as scoring
+    from sonoaudit.db.models import Job
+
+    upgrade(postgres_url)
+    settings = Settings(home=tmp_path / "home", database_url=postgres_url, nats_url=nats_server,
+                        nats_ack_wait_s=5.0)
+    real, syn = sets
+    missing = tmp_path / "no_weights.pt"
+    calls: list[str] = []
+    real_load = runs_mod.load_sets
+
+    def counted(*a: Any, **k: Any) -> Any:
+        calls.append(a[2])
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(runs_mod, "load_sets", counted)
+    body = {"real_ref": real, "synthetic_ref": syn, "background": True}
+    no_weights = MetricsSettings(cache_dir=tmp_path / "cache", kid_subsets=10,
+                                 inception_weights=missing)
+    with TestClient(create_app(settings, no_weights)) as client:
+        wait_ready(client)
+        view = wait_job(client, client.post("/metrics", json=body).json()["job_id"])
+        assert view["status"] == "failed", view
+        assert view["error"] == (f"metrics weights unavailable: FID Inception weights file "
+                                 f"{missing} does not exist")
+        assert view["run"]["status"] == "failed" and view["run"]["error"] == view["error"]
+        assert len(calls) == 1  # not redelivered
+
+    monkeypatch.setattr(scoring, "kid", nan_kid)
+    with TestClient(create_app(settings, msettings(tmp_path))) as client:
+        wait_ready(client)
+        view = wait_job(client, client.post("/metrics", json=body).json()["job_id"])
+        assert view["status"] == "failed", view
+        assert view["error"] == "the sets cannot be scored: results.kid.mean is not finite (nan)"
+        assert len(calls) == 2
+
+        def broken(*a: Any, **k: Any) -> Any:
+            calls.append("broken")
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(runs_mod, "load_sets", broken)
+        view = wait_job(client, client.post("/metrics", json=body).json()["job_id"])
+        assert view["status"] == "failed", view
+        assert "gave up after" in view["error"] and "disk on fire" in view["error"]
+        assert calls.count("broken") == settings.nats_max_deliver
+        with session_scope(build_context(settings).sessions) as s:
+            assert s.get_one(Job, view["job_id"]).status == "failed"

@@ -14,15 +14,14 @@ from sonoaudit.bus import Bus, PoisonMessage
 from sonoaudit.db.models import Job, MetricRun
 from sonoaudit.messages import make_envelope
 from sonoaudit.messages.envelope import Envelope
-from sonoaudit.messages.payloads import JobResult, MetricsRequest
+from sonoaudit.messages.payloads import DeadLetterNotice, JobResult, MetricsRequest
 from sonoaudit.messages.registry import message_spec, stream_for
 from sonoaudit.runtime import ServiceRuntime
 from sonoaudit.service import base_app
 from sonoaudit.settings import Settings
 
 from sonoaudit_metrics.config import MetricsSettings
-from sonoaudit_metrics.runs import run_as_dict, run_metrics
-from sonoaudit_metrics.samples import SampleError
+from sonoaudit_metrics.runs import known_failure, run_as_dict, run_metrics
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +61,32 @@ def make_worker(ms: MetricsSettings) -> Any:
                 ms.options(progress=False), req.job_id, ms))
             try:
                 run = await _beat_while(fut, hb.beat)
-            except SampleError as exc:
-                _set_job(ctx, req.job_id, "failed", error=str(exc))
-                await _publish_result(bus, req.job_id, "failed", str(exc), env.correlation_id)
-                raise PoisonMessage(str(exc)) from exc
+            except Exception as exc:
+                known = known_failure(exc)
+                if known is None:  # maybe transient: redelivered until max_deliver, then dead
+                    _set_job(ctx, req.job_id, "queued", error=f"retrying after: {exc!r}")
+                    raise
+                # bad input, NaN result or missing weights: retrying cannot help
+                _set_job(ctx, req.job_id, "failed", error=known[1])
+                await _publish_result(bus, req.job_id, "failed", known[1], env.correlation_id)
+                raise PoisonMessage(known[1]) from exc
             _set_job(ctx, req.job_id, "done", result={"metric_run_id": run.id})
             await _publish_result(bus, req.job_id, "done", run.id, env.correlation_id)
 
-        await bus.consume(spec, MetricsRequest, handle, stop=stop)
+        async def dead(notice: DeadLetterNotice) -> None:
+            """A message given up on (retries exhausted): its Job must not stay 'running'."""
+            try:
+                req = Envelope[MetricsRequest].model_validate_json(notice.data).payload
+            except Exception:
+                return
+            ctx = runtime.require()
+            with ctx.sessions() as s:
+                job = s.get(Job, req.job_id)
+                if job is not None and job.status == "failed":
+                    return  # a known failure already recorded its reason
+            await asyncio.to_thread(_set_job, ctx, req.job_id, "failed", error=notice.error)
+
+        await bus.consume(spec, MetricsRequest, handle, stop=stop, on_dead_letter=dead)
 
     return worker
 
@@ -109,7 +126,9 @@ def create_app(settings: Settings | None = None,
 
     @app.post("/metrics", tags=["metrics"], status_code=200,
               responses={202: {"description": "queued as a job"},
-                         422: {"description": "unusable input (names the file or reference)"}})
+                         422: {"description": "unusable input (names the file or reference), "
+                               "or results that came out NaN/infinite"},
+                         503: {"description": "Inception weights missing or foreign"}})
     async def post_metrics(body: MetricsBody) -> Any:
         """Score a synthetic set against a real set. Inline by default (the MetricRun is
         returned); ``background: true`` queues a JetStream job and answers 202 with its id."""
@@ -131,8 +150,11 @@ def create_app(settings: Settings | None = None,
         try:
             run = await asyncio.to_thread(run_metrics, ctx, body.real_ref, body.synthetic_ref,
                                           body.class_label, ms.options(progress=False), None, ms)
-        except SampleError as exc:
-            raise HTTPException(422, detail=str(exc)) from exc
+        except Exception as exc:
+            known = known_failure(exc)
+            if known is None:
+                raise
+            raise HTTPException(known[0], detail=known[1]) from exc
         return run_as_dict(run)
 
     @app.get("/metrics/runs/{run_id}", tags=["metrics"])

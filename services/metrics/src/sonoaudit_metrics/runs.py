@@ -10,6 +10,7 @@ from sonoaudit.db.models import MetricRun
 from sqlalchemy import select
 
 from sonoaudit_metrics.config import MetricsSettings
+from sonoaudit_metrics.inception import WeightsError
 from sonoaudit_metrics.samples import ImageSample, SampleError, load_ref, square_size
 from sonoaudit_metrics.scoring import ScoreOptions, score_sets
 
@@ -28,6 +29,20 @@ def run_as_dict(run: MetricRun) -> dict[str, Any]:
         "created_at": run.created_at.isoformat() if run.created_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
     }
+
+
+def known_failure(exc: BaseException) -> tuple[int, str] | None:
+    """(HTTP status, reason) of a run that failed for a reason a retry cannot fix: unusable
+    input (422: a bad reference or file, a result that came out NaN/infinite/complex) or
+    missing or foreign Inception weights (503: the service cannot score until configured).
+    None for anything else (a bug or a transient fault)."""
+    if isinstance(exc, SampleError):
+        return 422, str(exc)
+    if isinstance(exc, ArithmeticError):
+        return 422, f"the sets cannot be scored: {exc}"
+    if isinstance(exc, WeightsError):
+        return 503, f"metrics weights unavailable: {exc}"
+    return None
 
 
 PREPROCESS_RULE = ("sonoaudit.datasets.pairs.preprocess (what the generator trains on): longer "
@@ -88,8 +103,9 @@ def run_metrics(ctx: AppContext, real_ref: str, synthetic_ref: str,
                 ) -> MetricRun:
     """Score ``synthetic_ref`` (folder or generation run id) against ``real_ref`` (folder or
     dataset id) and store a MetricRun. With a ``job_id`` the call is idempotent: a finished run
-    of that job is returned as is (bus redelivery). Bad input leaves a ``failed`` run with the
-    reason and raises :class:`SampleError`."""
+    of that job is returned as is (bus redelivery). A :func:`known_failure` (bad input,
+    non-finite result, missing weights) leaves a ``failed`` run with the reason and re-raises;
+    anything else is recorded as an internal error and re-raised."""
     ms = metrics_settings or MetricsSettings()
     opts = options or ms.options()
     with ctx.sessions() as s:
@@ -109,11 +125,10 @@ def run_metrics(ctx: AppContext, real_ref: str, synthetic_ref: str,
         run_id = run.id
     try:
         results = score_refs(ctx, real_ref, synthetic_ref, class_label, opts, ms)
-    except SampleError as exc:
-        _finish(ctx, run_id, "failed", error=str(exc))
-        raise
     except Exception as exc:
-        _finish(ctx, run_id, "failed", error=f"internal error: {exc!r}")
+        known = known_failure(exc)
+        _finish(ctx, run_id, "failed",
+                error=known[1] if known else f"internal error: {exc!r}")
         raise
     prov = dict(results.get("provenance", {}))
     return _finish(ctx, run_id, "done", results=results, provenance=prov)

@@ -138,12 +138,16 @@ def _block(real: Sequence[ImageSample], syn: Sequence[ImageSample], fr: np.ndarr
     return out
 
 
+class NonFiniteError(ArithmeticError):
+    """A result came out NaN, infinite or complex: the sets cannot be scored as given."""
+
+
 def _check_finite(obj: Any, where: str = "results") -> None:
     """Refuse to pass on NaN, infinity or complex numbers."""
     if isinstance(obj, complex):
-        raise ArithmeticError(f"{where} is complex ({obj})")
+        raise NonFiniteError(f"{where} is complex ({obj})")
     if isinstance(obj, float) and not math.isfinite(obj):
-        raise ArithmeticError(f"{where} is not finite ({obj})")
+        raise NonFiniteError(f"{where} is not finite ({obj})")
     if isinstance(obj, dict):
         for k, v in obj.items():
             _check_finite(v, f"{where}.{k}")

@@ -59,9 +59,7 @@ def register(app: typer.Typer) -> None:
         """FID, KID, IS and the medical checks of a synthetic set against a real set."""
         import torch
         from sonoaudit_metrics.config import MetricsSettings
-        from sonoaudit_metrics.inception import WeightsError
-        from sonoaudit_metrics.runs import run_metrics, score_refs
-        from sonoaudit_metrics.samples import SampleError
+        from sonoaudit_metrics.runs import known_failure, run_metrics, score_refs
 
         ms = MetricsSettings()
         if is_weights is not None:
@@ -76,8 +74,11 @@ def register(app: typer.Typer) -> None:
                 res["metric_run_id"] = run.id
             else:
                 res = score_refs(ctx, real, synthetic, class_label, ms.options(), ms)
-        except (SampleError, WeightsError) as exc:
-            fail(str(exc))
+        except Exception as exc:
+            known = known_failure(exc)  # bad input, NaN result, missing weights: one line
+            if known is None:
+                raise
+            fail(known[1])
         finally:
             ctx.close()
         if as_json:
