@@ -3,16 +3,28 @@ drawn images with hand-computed answers, and the bad-input errors of the sample 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from metrics_helpers import speckle_sample, write_pairs
 from PIL import Image as PILImage
 from sonoaudit_metrics.checks import diversity, memorisation
+from sonoaudit_metrics.distances import inception_score
+from sonoaudit_metrics.inception import file_sha256
 from sonoaudit_metrics.masks import alignment, mask_realism, mask_shape
 from sonoaudit_metrics.samples import ImageSample, SampleError, load_dir, load_ref
-from sonoaudit_metrics.scoring import validate_sets
+from sonoaudit_metrics.scoring import (
+    NonFiniteError,
+    ScoreOptions,
+    _check_finite,
+    _guard,
+    _is,
+    load_is_logits_weight,
+    validate_sets,
+)
 
 
 def rect(size: int, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
@@ -132,7 +144,61 @@ def test_folder_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(SampleError, match=r"x1_mask\.png: mask is"):
         load_dir(root)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SampleError, match="empty"):
+    # the error text, not the folder name (which is "empty" too)
+    with pytest.raises(SampleError, match=re.escape(
+            f"{tmp_path / 'empty'}: no readable images ({tmp_path / 'empty'}: no known dataset "
+            "layout: expected BUS-BRA (Images/, Masks/, bus_data.csv)")):
         load_dir(tmp_path / "empty")
-    with pytest.raises(SampleError, match="no such folder"):
+    with pytest.raises(SampleError, match=re.escape(
+            f"{tmp_path / 'nope'}: no such folder (and no results store to look the id up in)")):
         load_ref(str(tmp_path / "nope"))
+
+
+def is_weights_file(path: Path, weight: torch.Tensor, nested: bool = False) -> Path:
+    """A state dict shaped like pt_inception-2015-12-05 as far as IS reads it."""
+    state = {"Mixed_7c.conv.weight": torch.ones(2, 2), "fc.weight": weight,
+             "fc.bias": torch.zeros(1008)}
+    torch.save({"state_dict": state} if nested else state, path)
+    return path
+
+
+def test_is_refuses_a_zeroed_logits_layer_and_scores_a_real_one(tmp_path: Path) -> None:
+    feats = np.random.default_rng(0).normal(size=(20, 2048)).astype(np.float32)
+    zero = is_weights_file(tmp_path / "zero.pt", torch.zeros(1008, 2048))
+    with pytest.raises(SampleError, match=re.escape(
+            f"{zero}: fc.weight is all zeros (placeholder weights), IS would be 1.0")):
+        load_is_logits_weight(zero)
+    # in a run IS becomes unavailable with that reason instead of a fake 1.0
+    block = _guard(lambda: _is(feats, ScoreOptions(is_weights_path=zero)), "IS")
+    assert block == {"value": None, "reason": f"IS: {zero}: fc.weight is all zeros "
+                                              "(placeholder weights), IS would be 1.0"}
+    wrong = is_weights_file(tmp_path / "wrong.pt", torch.ones(1000, 2048))
+    with pytest.raises(SampleError, match="no fc.weight of shape \\(1008, 2048\\)"):
+        load_is_logits_weight(wrong)
+
+    w = torch.from_numpy(np.random.default_rng(1).normal(scale=0.02, size=(1008, 2048)))
+    good = is_weights_file(tmp_path / "good.pt", w.float(), nested=True)
+    res = _is(feats, ScoreOptions(is_weights_path=good, seed=3))
+    want = inception_score(feats.astype(np.float64) @ w.float().double().numpy().T, splits=10,
+                           seed=3)
+    assert res["value"] == res["mean"] == pytest.approx(want["mean"], rel=1e-12)
+    assert res["value"] > 1.0 and res["weights_sha256"] == file_sha256(good)
+
+
+@pytest.mark.parametrize(("value", "where", "what"), [
+    (float("nan"), "results.fid.value", "is not finite (nan)"),
+    (float("inf"), "results.fid.value", "is not finite (inf)"),
+    (-float("inf"), "results.fid.value", "is not finite (-inf)"),
+    (complex(1.0, 2.0), "results.fid.value", "is complex ((1+2j))"),
+])
+def test_nan_infinity_and_complex_are_refused_with_where(value: object, where: str,
+                                                        what: str) -> None:
+    with pytest.raises(NonFiniteError, match=re.escape(f"{where} {what}")):
+        _check_finite({"fid": {"value": value}, "n": 3})
+    nested = {"per_class": {"benign": {"top_pairs": [{"ssim": 1.0}, {"ssim": value}]}}}
+    with pytest.raises(ArithmeticError,
+                       match=re.escape(f"results.per_class.benign.top_pairs[1].ssim {what}")):
+        _check_finite(nested)
+    _check_finite({"fid": {"value": 1e308, "warning": "x", "ok": True, "none": None},
+                   "list": [0, -1.5, "nan"]})  # finite numbers, strings and None pass
+

@@ -105,7 +105,9 @@ def test_cli_text_summary_and_errors(tmp_path: Path) -> None:
     assert "warning: small sets (n_real=3" in ok.stdout
     bad = CliRunner().invoke(app, ["metrics", "--real", str(tmp_path / "missing"),
                                    "--synthetic", str(syn), "--no-store"], env=env)
-    assert bad.exit_code == 2 and "missing" in bad.output
+    assert bad.exit_code == 2
+    assert bad.stderr == (f"error: {str(tmp_path / 'missing')!r} is neither a folder nor a "
+                          "dataset or generation run id\n")
 
 
 @pytest.mark.parametrize("store", ["--store", "--no-store"])
