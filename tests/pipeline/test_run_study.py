@@ -7,6 +7,8 @@ and the report says what was simulated, phantom or not run."""
 from __future__ import annotations
 
 import json
+import re
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,32 @@ from sonoaudit.pipeline.runner import STEPS
 from sonoaudit.settings import Settings
 from sqlalchemy import func, select
 from typer.testing import CliRunner
+
+REPORT_TEMPLATE = (Path(__file__).resolve().parents[2] / "services" / "raters" / "src" /
+                   "sonoaudit_raters" / "templates" / "report" / "report.html.j2")
+
+
+class _IdParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.ids += [v for k, v in attrs if k == "id" and v]
+
+
+def _ids(html: str) -> list[str]:
+    parser = _IdParser()
+    parser.feed(html)
+    return parser.ids
+
+
+def _sections(html: str) -> dict[str, str]:
+    """Section id -> its HTML up to the next element with an id."""
+    marks = [(m.start(), m.group(1)) for m in re.finditer(r'<[a-z0-9]+[^>]*\bid="([^"]+)"', html)]
+    ends = [start for start, _ in marks[1:]] + [len(html)]
+    return {name: html[start:end] for (start, name), end in zip(marks, ends, strict=True)}
+
 
 TINY = """
 name: tiny
@@ -59,7 +87,20 @@ def test_every_step_runs_and_report_is_labelled(tiny_run: tuple[Path, Path, str]
     assert "GEMINI_API_KEY" in state["steps"]["classify"]["not_run"]
     html = Path(state["steps"]["report"]["report_html"]).read_text()
     assert "SIMULATED" in html and "PHANTOM" in html
-    assert "GEMINI_API_KEY" in html  # the LLM section says why it did not run
+    # Every section of the report template is in the page, once, in the template's order.
+    sections = re.findall(r'\bid="([a-z-]+)"', REPORT_TEMPLATE.read_text())
+    assert {"banner", "not-run", "metrics", "agreement", "confidence", "accuracy", "llm",
+            "intra", "memorisation", "images", "provenance"} <= set(sections)
+    assert _ids(html) == sections
+    body = _sections(html)
+    assert "SIMULATED" in body["banner"]
+    assert "GEMINI_API_KEY" in body["not-run"]  # the LLM step says why it did not run
+    assert "No LLM classifications stored" in body["llm"]
+    for computed in ("metrics", "agreement", "confidence", "accuracy"):
+        assert "<table" in body[computed], computed  # a simulated panel answered every item
+    for pictured in ("memorisation", "images"):
+        assert "<img" in body[pictured], pictured
+    assert "no repeated items" in body["intra"] and "<pre>" in body["provenance"]
     assert f"report: {out / 'report'}" in output
     links = (out / "reader-links.txt").read_text()
     assert "dr-a: http://127.0.0.1:8000/study/r/" in links
