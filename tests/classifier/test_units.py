@@ -60,6 +60,34 @@ def test_prompt_hash_is_stable_and_differs_per_condition() -> None:
         load_prompt("v999", "image")
 
 
+def test_conditions_come_from_the_message_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classifier's list is the bus payload's ``Condition`` type, so the two cannot drift:
+    a condition added to the type is accepted by a freshly loaded prompts module."""
+    import importlib.util
+    import sys
+    from typing import Literal, get_args
+
+    import sonoaudit.messages.payloads as payloads
+    import sonoaudit_classifier.prompts as prompts
+
+    assert prompts.CONDITIONS == get_args(payloads.Condition) == (
+        "image", "outline", "side_by_side")
+    for c in prompts.CONDITIONS:  # every condition of the type has its prompt text
+        assert load_prompt("v1", c).condition == c
+    monkeypatch.setattr(payloads, "Condition",
+                        Literal["image", "outline", "side_by_side", "with_report"])
+    assert prompts.__file__ is not None
+    spec = importlib.util.spec_from_file_location("prompts_copy", prompts.__file__)
+    assert spec is not None and spec.loader is not None
+    copy = importlib.util.module_from_spec(spec)
+    # under its own name (dataclasses look their module up), removed again after the test
+    monkeypatch.setitem(sys.modules, "prompts_copy", copy)
+    spec.loader.exec_module(copy)
+    assert copy.CONDITIONS == ("image", "outline", "side_by_side", "with_report")
+    with pytest.raises(copy.UnknownPrompt, match="not found"):  # known now, no prompt file yet
+        copy.load_prompt("v1", "with_report")
+
+
 def test_render_image_keeps_bytes_and_outline_marks_boundary() -> None:
     img = np.full((10, 12), 100, dtype=np.uint8)
     data = _png(img)

@@ -18,10 +18,14 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from string import Template
+from typing import get_args
+
+from sonoaudit.messages.payloads import Condition
 
 from sonoaudit_classifier.verdict import verdict_json_schema
 
-CONDITIONS: tuple[str, ...] = ("image", "outline", "side_by_side")
+# The bus message's type is the one list of conditions: a new one there is accepted here too.
+CONDITIONS: tuple[str, ...] = get_args(Condition)
 _VERSION = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
