@@ -4,9 +4,10 @@ Both run the same ``UNet2DModel(in_channels=2, out_channels=2)`` weights, the sa
 steps, batch, seeds (one generator per sample) and thread count; every variant's output is
 compared with diffusers' fp32 output on the same device: max abs difference on the [0, 1] image,
 PASS when it is within the stated tolerance (``--atol`` for fp32 variants, ``--atol-bf16`` for
-bf16 autocast), and the script exits 1 if any variant FAILs. Also prints the network's FLOPs per
-step (torch FlopCounterMode), achieved GFLOP/s and the device's measured matmul peak (fp32,
-bf16) from this run.
+bf16 autocast). Only PASSing variants compete for "fastest"; a bf16 variant outside its tolerance
+is reported and not counted, an fp32 variant outside it is a bug and the script exits 1. Also
+prints the network's FLOPs per step (torch FlopCounterMode), achieved GFLOP/s and the device's
+measured matmul peak (fp32, bf16) from this run.
 
     .venv/bin/python bench/generate.py [--device cuda|cpu] [--size 64] [--batch 4] [--steps 20]
         [--threads 2] [--atol 1e-3] [--atol-bf16 5e-2]
@@ -186,21 +187,25 @@ def main() -> None:
                 diff = float(np.abs(out - ref).max())
                 check = ""
                 if vname != peer:
-                    results.append((ref_t / tv, vname))
                     tol = args.atol_bf16 if "bf16" in vname else args.atol
                     ok = diff <= tol
                     check = f"{tol:7.0e} {'PASS' if ok else 'FAIL'}"
-                    if not ok:
+                    if ok:  # only equal outputs compete for "fastest"
+                        results.append((ref_t / tv, vname))
+                    elif "bf16" in vname:  # reduced precision: reported, never counted
+                        check += " (not counted)"
+                    else:  # an fp32 variant that differs is a bug in our loop
                         failed.append(f"{sampler}: {vname} max|Δ| {diff:.2e} > {tol:g}")
                 print(f"{vname:36s} {b / tv:8.2f} {ref_t / tv:6.2f} "
                       f"{fl * steps / tv / 1e9:8.1f} {diff:9.2e} {check}")
-            best = max(results)
-            print(f"fastest: {best[1]} at {best[0]:.2f}x {peer}")
+            if results:
+                best = max(results)
+                print(f"fastest within tolerance: {best[1]} at {best[0]:.2f}x {peer}")
     print(f"\nload average during run: {statistics.mean(os.getloadavg()):.2f}")
     if failed:
         print("FAIL (outputs outside the tolerance): " + "; ".join(failed))
         sys.exit(1)
-    print("PASS: every variant within its tolerance of diffusers' fp32 output")
+    print("PASS: every fp32 variant within its tolerance of diffusers' fp32 output")
 
 
 if __name__ == "__main__":
