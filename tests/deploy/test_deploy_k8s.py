@@ -181,7 +181,7 @@ def test_settings_and_secrets_wiring(overlay: str) -> None:
         (secret,) = secrets
         assert secret["metadata"]["name"] == "sonoaudit-secrets"
         assert set(secret["data"]) == {"POSTGRES_PASSWORD", "SONOAUDIT_DATABASE_URL",
-                                       "GEMINI_API_KEY"}
+                                       "GEMINI_API_KEY", "SONOAUDIT_STUDY_CREATOR_TOKEN"}
     else:
         assert secrets == [], "real secrets are created out of band, never rendered from git"
 

@@ -30,7 +30,7 @@ class PipelineStep(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     run_id: Mapped[str] = mapped_column(ForeignKey("pipeline_runs.id"), index=True)
     step: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16))  # running | done | failed | skipped
+    status: Mapped[str] = mapped_column(String(16))  # running | done | failed | skipped | not_run
     inputs_hash: Mapped[str] = mapped_column(String(64))
     output: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
