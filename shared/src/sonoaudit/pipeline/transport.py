@@ -54,12 +54,14 @@ class EmbeddedTransport:
 
     def train(self, dataset_id: str, class_label: str, profile: str, seed: int,
               steps: int | None, out_dir: Path) -> str:
+        from sonoaudit_generator.checkpoint import has_checkpoint
         from sonoaudit_generator.store_training import train_model
 
         # An interrupted earlier run left a checkpoint: continue it rather than start over.
         # out_dir is keyed by the training inputs (Pipeline._model_dir), so the checkpoint there
         # was made from the same dataset, class, profile, steps and seed.
-        resume = (out_dir / "checkpoint" / "checkpoint.json").is_file()
+        # has_checkpoint also repairs a save interrupted between its two renames.
+        resume = has_checkpoint(out_dir / "checkpoint")
         model = train_model(self.ctx, dataset_id, class_label, profile, out_dir, seed,
                             steps=steps, resume=resume)
         if model is None:
