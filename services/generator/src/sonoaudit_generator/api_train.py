@@ -23,7 +23,13 @@ from sonoaudit.context import AppContext
 from sonoaudit.db.models import Dataset, Image, Job, TrainingRun
 from sonoaudit.db.session import session_scope
 from sonoaudit.messages.envelope import Envelope, make_envelope
-from sonoaudit.messages.payloads import DeadLetterNotice, TrainRequest
+from sonoaudit.messages.payloads import (
+    Backbone,
+    BetaSchedule,
+    DeadLetterNotice,
+    Prediction,
+    TrainRequest,
+)
 from sonoaudit.messages.registry import stream_for, subject
 from sonoaudit.runtime import ServiceRuntime
 from sonoaudit.service import correlation_id
@@ -46,6 +52,12 @@ class TrainBody(BaseModel):
     profile: str = Field(default="quick", description=f"One of {', '.join(PROFILES)}.")
     seed: int = 0
     steps: int | None = Field(default=None, ge=1, description="None = the profile's steps.")
+    backbone: Backbone | None = Field(default=None,
+                                      description="rsu | diffusers; None = the profile's.")
+    schedule: BetaSchedule | None = Field(default=None,
+                                          description="linear | cosine; None = the profile's.")
+    prediction: Prediction | None = Field(default=None,
+                                          description="epsilon | v; None = the profile's.")
 
 
 class BadTrainRequest(ValueError):
@@ -88,7 +100,8 @@ def run_train_job(ctx: AppContext, req: TrainRequest) -> dict[str, Any]:
     # A redelivered job (worker died mid-run) continues its own checkpoint.
     resume = has_checkpoint(out / "checkpoint")
     model = train_model(ctx, req.dataset_id, req.class_label, req.profile, out, req.seed,
-                        steps=req.steps, resume=resume, progress=False)
+                        steps=req.steps, resume=resume, progress=False, backbone=req.backbone,
+                        schedule=req.schedule, prediction=req.prediction)
     if model is None:
         raise RuntimeError(f"training job {req.job_id} stopped before its last step")
     result = {"model_id": model.id, "training_run_id": model.training_run_id,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -114,3 +114,77 @@ def profile(name: str) -> Profile:
 
 
 PROFILES = ("quick", "paper", "tiny")
+
+# What a user chooses on top of a profile (CLI ``--backbone/--schedule/--prediction``, the
+# ``POST /train`` body, the TRAIN job payload), and the config value each choice sets.
+BACKBONES: dict[str, Backbone] = {"rsu": "rsu_unet", "diffusers": "unet2d"}
+SCHEDULES: dict[str, BetaSchedule] = {"linear": "linear", "cosine": "cosine"}
+PREDICTIONS: dict[str, Prediction] = {"epsilon": "epsilon", "v": "v_prediction"}
+
+
+def _choice(kind: str, value: str, table: dict[str, Any]) -> Any:
+    if value not in table:
+        raise ValueError(f"unknown {kind} {value!r}; expected one of {', '.join(table)}")
+    return table[value]
+
+
+def customise(prof: Profile, *, backbone: str | None = None, schedule: str | None = None,
+              prediction: str | None = None, num_classes: int | None = None,
+              steps: int | None = None) -> Profile:
+    """``prof`` with the chosen backbone (``rsu`` | ``diffusers``), β schedule (``linear`` |
+    ``cosine``), prediction target (``epsilon`` | ``v``), class count (> 0: one class-conditional
+    model) and step count; ``None`` keeps the profile's value."""
+    model: dict[str, Any] = {}
+    sched: dict[str, Any] = {}
+    if backbone is not None:
+        model["backbone"] = _choice("backbone", backbone, BACKBONES)
+    if num_classes is not None:
+        model["num_classes"] = num_classes
+    if schedule is not None:
+        sched["beta_schedule"] = _choice("schedule", schedule, SCHEDULES)
+    if prediction is not None:
+        sched["prediction_type"] = _choice("prediction", prediction, PREDICTIONS)
+    update: dict[str, Any] = {}
+    if model:
+        update["model"] = ModelConfig.model_validate({**prof.model.model_dump(), **model})
+    if sched:
+        update["schedule"] = ScheduleConfig.model_validate({**prof.schedule.model_dump(), **sched})
+    if steps is not None:
+        update["train"] = TrainConfig.model_validate({**prof.train.model_dump(), "steps": steps})
+    return prof.model_copy(update=update) if update else prof
+
+
+def variant_tag(prof: Profile) -> str:
+    """What sets ``prof`` apart from its named preset, e.g. ``diffusers-cosine-v`` ('' when it
+    is the preset's own model and schedule): part of default output folders and model names, so
+    two variants trained on the same data do not overwrite each other."""
+    base = profile(prof.name) if prof.name in PROFILES else None
+    if base is None:
+        return "custom"
+    names = {v: k for k, v in BACKBONES.items()}
+    preds = {v: k for k, v in PREDICTIONS.items()}
+    parts = []
+    if prof.model.backbone != base.model.backbone:
+        parts.append(names[prof.model.backbone])
+    if prof.schedule.beta_schedule != base.schedule.beta_schedule:
+        parts.append(prof.schedule.beta_schedule)
+    if prof.schedule.prediction_type != base.schedule.prediction_type:
+        parts.append(preds[prof.schedule.prediction_type])
+    return "-".join(parts)
+
+
+def profile_diff(have: Profile, want: Profile) -> list[str]:
+    """``field: have -> want`` for every setting where two profiles differ (``model.backbone:
+    'rsu_unet' -> 'unet2d'``), for errors that say what does not match."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(have.model_dump(mode="json")), flat(want.model_dump(mode="json"))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]

@@ -18,7 +18,14 @@ from sonoaudit.filestore import atomic_write_bytes
 from sonoaudit.provenance import provenance
 from sqlalchemy import select
 
-from sonoaudit_generator.config import Profile, profile
+from sonoaudit_generator.config import (
+    BACKBONES,
+    PREDICTIONS,
+    Profile,
+    customise,
+    profile,
+    variant_tag,
+)
 from sonoaudit_generator.training import (
     TrainResult,
     dist_info,
@@ -28,6 +35,15 @@ from sonoaudit_generator.training import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def choices(p: Profile) -> dict[str, str]:
+    """The user's choices of a profile, in the CLI's words (``backbone='diffusers'``…), plus
+    the config values they set; recorded in provenance and the checkpoint's meta."""
+    backbone = {v: k for k, v in BACKBONES.items()}[p.model.backbone]
+    prediction = {v: k for k, v in PREDICTIONS.items()}[p.schedule.prediction_type]
+    return {"backbone": backbone, "schedule": p.schedule.beta_schedule, "prediction": prediction,
+            "backbone_config": p.model.backbone, "prediction_type": p.schedule.prediction_type}
 
 
 def resolve_dataset(ctx: AppContext, data: str | Path, size: int) -> Dataset:
@@ -92,17 +108,25 @@ def train_model(
     steps: int | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    backbone: str | None = None,
+    schedule: str | None = None,
+    prediction: str | None = None,
 ) -> Model | None:
     """Train one per-class D-DDPM. Returns the ``Model`` row (None on non-zero DDP ranks, and
-    when ``stop_after`` interrupts the run before its last step)."""
+    when ``stop_after`` interrupts the run before its last step).
+
+    ``backbone`` (rsu | diffusers), ``schedule`` (linear | cosine), ``prediction`` (epsilon |
+    v), ``steps``: override the profile's; the checkpoint, ``TrainingRun`` and ``Model`` record
+    the result."""
     p = profile(prof) if isinstance(prof, str) else prof
-    if steps is not None:
-        p = p.model_copy(update={"train": p.train.model_copy(update={"steps": steps})})
+    p = customise(p, backbone=backbone, schedule=schedule, prediction=prediction, steps=steps)
+    tag = variant_tag(p)
+    variant = f"{p.name}-{tag}" if tag else p.name
     dist = dist_info()
     ds = resolve_dataset(ctx, data, p.model.sample_size)
     ti, tm, vi, vm = load_class_split(ctx, ds, class_label, p.model.sample_size)
     out = Path(out_dir) if out_dir is not None else (
-        ctx.settings.home / "models" / f"{class_label}-{p.name}-seed{seed}")
+        ctx.settings.home / "models" / f"{class_label}-{variant}-seed{seed}")
     out.mkdir(parents=True, exist_ok=True)
     run_id: str | None = None
     if dist.main:
@@ -117,7 +141,7 @@ def train_model(
                     config=p.model_dump(mode="json"), out_dir=str(out),
                     provenance=provenance(seed=seed, model=p.model.backbone,
                                           n_train=int(len(ti)), n_val=int(len(vi)),
-                                          world_size=dist.world_size),
+                                          world_size=dist.world_size, **choices(p)),
                 )
                 s.add(run)
             run.status = "running"
@@ -134,7 +158,7 @@ def train_model(
             to_training_tensor(ti, tm), to_training_tensor(vi, vm), p, out, seed=seed,
             class_label=class_label, resume=resume, stop_after=stop_after, progress=progress,
             on_checkpoint=on_checkpoint if run_id else None,
-            meta={"dataset_id": ds.id, "training_run_id": run_id},
+            meta={"dataset_id": ds.id, "training_run_id": run_id, **choices(p)},
         )
     except BaseException as exc:
         if run_id:
@@ -159,7 +183,7 @@ def train_model(
         model = s.scalars(select(Model).where(Model.training_run_id == run_id)).first()
         if model is None:
             model = Model(
-                name=f"d-ddpm-{class_label}-{p.name}-{run_id[:8]}", class_label=class_label,
+                name=f"d-ddpm-{class_label}-{variant}-{run_id[:8]}", class_label=class_label,
                 backbone=p.model.backbone, config=p.model_dump(mode="json"),
                 checkpoint_path=str(result.checkpoint.resolve()), training_run_id=run_id,
             )

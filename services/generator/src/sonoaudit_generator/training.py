@@ -28,7 +28,7 @@ from sonoaudit_generator.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from sonoaudit_generator.config import Profile
+from sonoaudit_generator.config import Profile, profile_diff
 from sonoaudit_generator.denoiser import build_denoiser
 from sonoaudit_generator.sampling import sample_seed
 from sonoaudit_generator.schedules import training_scheduler
@@ -199,8 +199,10 @@ def train_loop(
         ck = load_checkpoint(ckpt_dir, with_state=True)
         if ck.profile != prof:
             raise CheckpointError(
-                f"{ckpt_dir}: trained with profile {ck.profile.model_dump()} but this run asks "
-                f"for {prof.model_dump()}; use a fresh --out or the same profile"
+                f"{ckpt_dir}: trained with profile {ck.profile.name!r} settings other than this "
+                f"run's (checkpoint -> this run: {'; '.join(profile_diff(ck.profile, prof))}); "
+                "resume with the checkpoint's --profile/--backbone/--schedule/--prediction/"
+                "--steps, or use a fresh --out"
             )
         if ck.class_label != class_label:
             raise CheckpointError(

@@ -16,6 +16,13 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Option(..., "--data", help="Dataset folder, or an imported dataset id."),
         class_label: str = typer.Option(..., "--class", help="benign | malignant."),
         profile: str = typer.Option("quick", help="quick (64px, CPU) | paper (128px, GPU)."),
+        backbone: str | None = typer.Option(
+            None, help="rsu (the D-DDPM's RSU U-Net) | diffusers (UNet2DModel baseline). "
+            "Default: the profile's (rsu)."),
+        schedule: str | None = typer.Option(
+            None, help="β schedule: linear | cosine. Default: the profile's (linear)."),
+        prediction: str | None = typer.Option(
+            None, help="Network target: epsilon | v. Default: the profile's (epsilon)."),
         out: Path | None = typer.Option(None, help="Output folder (checkpoint, loss curve)."),
         seed: int = typer.Option(0, help="Seed of weights, batches, noise."),
         steps: int | None = typer.Option(None, help="Override the profile's step count."),
@@ -25,13 +32,18 @@ def register(app: typer.Typer) -> None:
         """Train one per-class joint image+mask DDPM. Under torchrun, trains with DDP."""
         import torch
         from sonoaudit_generator.checkpoint import CheckpointError
-        from sonoaudit_generator.config import PROFILES
+        from sonoaudit_generator.config import BACKBONES, PREDICTIONS, PROFILES, SCHEDULES
         from sonoaudit_generator.store_training import train_model
 
         from sonoaudit.cli.common import context
 
         if profile not in PROFILES:
             fail(f"--profile {profile!r}: expected one of {', '.join(PROFILES)}")
+        for flag, value, allowed in (("--backbone", backbone, BACKBONES),
+                                     ("--schedule", schedule, SCHEDULES),
+                                     ("--prediction", prediction, PREDICTIONS)):
+            if value is not None and value not in allowed:
+                fail(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
         if threads:
             torch.set_num_threads(threads)
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -42,7 +54,8 @@ def register(app: typer.Typer) -> None:
         ctx = context()
         try:
             model = train_model(ctx, data, class_label, profile, out, seed, resume=resume,
-                                steps=steps)
+                                steps=steps, backbone=backbone, schedule=schedule,
+                                prediction=prediction)
         except (CheckpointError, ValueError) as exc:
             fail(str(exc))
         finally:
@@ -53,6 +66,7 @@ def register(app: typer.Typer) -> None:
                 dist.destroy_process_group()
         if model is not None:
             print_json({"model_id": model.id, "name": model.name, "class": model.class_label,
+                        "backbone": model.backbone, "schedule": model.config["schedule"],
                         "checkpoint": model.checkpoint_path})
 
     @app.command("generate")

@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Sampler = Literal["ddpm", "ddim", "dpmpp"]
 Condition = Literal["image", "outline", "side_by_side"]
+Backbone = Literal["rsu", "diffusers"]
+BetaSchedule = Literal["linear", "cosine"]
+Prediction = Literal["epsilon", "v"]
 
 
 class _Payload(BaseModel):
@@ -53,6 +56,13 @@ class TrainRequest(_Payload):
     profile: str = Field(default="quick", description="Training preset: quick | paper | tiny.")
     seed: int = 0
     steps: int | None = Field(default=None, ge=1, description="None = the profile's steps.")
+    backbone: Backbone | None = Field(
+        default=None, description="Denoiser: rsu (the D-DDPM's RSU U-Net) | diffusers "
+        "(UNet2DModel baseline); None = the profile's (rsu).")
+    schedule: BetaSchedule | None = Field(
+        default=None, description="β schedule: linear | cosine; None = the profile's (linear).")
+    prediction: Prediction | None = Field(
+        default=None, description="Network target: epsilon | v; None = the profile's (epsilon).")
 
 
 class JobResult(_Payload):
