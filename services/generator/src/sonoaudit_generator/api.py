@@ -74,6 +74,12 @@ def router() -> APIRouter:
             ckpt = load_checkpoint(Path(model.checkpoint_path))
         except CheckpointError as exc:
             raise HTTPException(409, detail=f"model {model.id}: {exc}") from exc
+        if ckpt.conditional:  # the generate job payload has no class field (yet)
+            raise _unprocessable(
+                f"model {model.id} is class-conditional (classes "
+                f"{', '.join(ckpt.class_names_or_indices())}); the HTTP API samples per-class "
+                f"models only: use `sonoaudit generate --model {model.id} --class C`",
+                "model_id")
         steps = body.steps if body.steps is not None else default_steps(
             body.sampler, ckpt.profile.schedule.num_train_timesteps)
         try:

@@ -1,7 +1,7 @@
-"""Training over HTTP: ``POST /train`` queues one per-class training as a JetStream job (TRAIN
-stream, consumed by the generator's train worker) or, without NATS, runs it in this process;
-``GET /train/jobs/{id}`` follows it. The work itself is ``store_training.train_model``, the same
-function the CLI and the embedded pipeline call.
+"""Training over HTTP: ``POST /train`` queues one training (per-class, or class-conditional for
+``all``) as a JetStream job (TRAIN stream, consumed by the generator's train worker) or, without
+NATS, runs it in this process; ``GET /train/jobs/{id}`` follows it. The work itself is
+``store_training.train_model``, the same function the CLI and the embedded pipeline call.
 
 Each job trains into its own folder (``<home>/models/train-<job id>``): a model's checkpoint is
 never overwritten by a later job, and a redelivered job resumes its own checkpoint.
@@ -48,7 +48,9 @@ class TrainBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(min_length=1, description="Id of an imported dataset.")
-    class_label: str = Field(min_length=1, description="Train on this class's images.")
+    class_label: str = Field(
+        min_length=1, description="Train on this class's images; `all` or a comma list "
+        "(`benign,malignant`): one class-conditional model on those classes.")
     profile: str = Field(default="quick", description=f"One of {', '.join(PROFILES)}.")
     seed: int = 0
     steps: int | None = Field(default=None, ge=1, description="None = the profile's steps.")
@@ -71,9 +73,17 @@ def check_request(ctx: AppContext, req: TrainRequest | TrainBody) -> None:
     if req.profile not in PROFILES:
         raise BadTrainRequest("profile", f"unknown profile {req.profile!r}; expected one of "
                               f"{', '.join(PROFILES)}")
+    from sonoaudit_generator.store_training import conditional_classes, dataset_classes
+
     with session_scope(ctx.sessions) as s:
         if s.get(Dataset, req.dataset_id) is None:
             raise BadTrainRequest("dataset_id", f"no imported dataset {req.dataset_id!r}")
+    try:  # `all` or `a,b`: one class-conditional model
+        if conditional_classes(req.class_label, dataset_classes(ctx, req.dataset_id)):
+            return
+    except ValueError as exc:
+        raise BadTrainRequest("class_label", f"dataset {req.dataset_id}: {exc}") from exc
+    with session_scope(ctx.sessions) as s:
         n = s.scalar(select(func.count()).select_from(Image).where(
             Image.dataset_id == req.dataset_id, Image.class_label == req.class_label))
         if not n:
@@ -166,7 +176,8 @@ def router() -> APIRouter:
     @r.post("/train", status_code=202,
             responses={202: {"description": "queued"}, 422: {"description": "bad input"}})
     async def post_train(body: TrainBody, request: Request) -> JSONResponse:
-        """Train one per-class model; answers 202 with the job id (poll ``/train/jobs/{id}``)."""
+        """Train one model (one class, or ``all``: class-conditional); answers 202 with the
+        job id (poll ``/train/jobs/{id}``)."""
         runtime: ServiceRuntime = request.app.state.runtime
         ctx = runtime.require()
         try:

@@ -47,6 +47,18 @@ class Checkpoint:
     state: dict[str, Any]  # optimizer + loss curve (present only in training checkpoints)
     meta: dict[str, Any]
     digests: dict[str, str] = field(default_factory=dict)  # file name -> sha256 (checkpoint.json)
+    # class-conditional models: the class of each label index (None: one model per class)
+    class_names: list[str] | None = None
+
+    @property
+    def conditional(self) -> bool:
+        return self.profile.model.num_classes > 0
+
+    def class_names_or_indices(self) -> list[str]:
+        """The classes a conditional model samples, by label index (``'0'``, ``'1'``… when it
+        was trained without names)."""
+        n = self.profile.model.num_classes
+        return list(self.class_names) if self.class_names else [str(i) for i in range(n)]
 
 
 def _state_bytes(state: dict[str, Any]) -> bytes:
@@ -65,8 +77,12 @@ def save_checkpoint(
     ema: dict[str, torch.Tensor],
     state: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
+    class_names: list[str] | None = None,
 ) -> Path:
     path = Path(path)
+    if class_names is not None and len(class_names) != profile.model.num_classes:
+        raise ValueError(f"class_names {class_names} must name each of the model's "
+                         f"{profile.model.num_classes} classes")
     recover(path)
     new, old = _sibling(path, "new"), _sibling(path, "old")
     shutil.rmtree(new, ignore_errors=True)  # a save that died before its swap
@@ -79,8 +95,8 @@ def save_checkpoint(
         "model.safetensors": blob(weights),
         "ema.safetensors": blob(ema),
         "config.json": json.dumps(
-            {"profile": profile.model_dump(mode="json"), "class_label": class_label},
-            indent=2).encode(),
+            {"profile": profile.model_dump(mode="json"), "class_label": class_label,
+             "class_names": class_names}, indent=2).encode(),
     }
     if state is not None:
         files["training_state.pt"] = _state_bytes(state)
@@ -183,6 +199,7 @@ def load_checkpoint(path: Path, *, with_state: bool = False) -> Checkpoint:
         step=int(manifest.get("step", 0)),
         weights=st_load(blobs["model.safetensors"]), ema=st_load(blobs["ema.safetensors"]),
         state=state, meta=manifest.get("meta", {}), digests=dict(files),
+        class_names=cfg.get("class_names"),
     )
 
 

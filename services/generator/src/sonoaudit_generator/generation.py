@@ -63,18 +63,52 @@ def find_model_for_class(ctx: AppContext, class_label: str) -> Model:
         return m
 
 
+def resolve_class(ckpt: Checkpoint, model_id: str, model_class: str | None,
+                  class_label: str | None) -> tuple[str | None, int | None]:
+    """The class a run samples and, for a class-conditional model, its label index.
+
+    A conditional model needs the class (one of its classes); a per-class model samples its
+    own class only, so naming another one is an error rather than a silent mislabel."""
+    if ckpt.conditional:
+        names = ckpt.class_names_or_indices()
+        if class_label is None:
+            raise GenerationError(
+                f"model {model_id} is class-conditional (classes {', '.join(names)}): give the "
+                "class to sample (--class)")
+        if class_label not in names:
+            raise GenerationError(f"model {model_id} has no class {class_label!r}; its classes: "
+                                  f"{', '.join(names)}")
+        return class_label, names.index(class_label)
+    own = model_class or ckpt.class_label
+    if class_label is not None and class_label != own:
+        raise GenerationError(
+            f"model {model_id} was trained on class {own!r} only and cannot sample "
+            f"{class_label!r}; use a {class_label} model or a class-conditional one "
+            "(`sonoaudit train --class all`)")
+    return own, None
+
+
 def make_backend(ckpt: Checkpoint, backend: str = "torch", *, device: str | None = None,
-                 bf16: bool = False) -> Backend:
+                 bf16: bool = False, class_index: int | None = None) -> Backend:
+    """The denoiser of ``ckpt`` on ``backend``; ``class_index``: the label every call passes
+    to a class-conditional model (required for one, refused for a per-class model)."""
+    if ckpt.conditional != (class_index is not None):
+        raise GenerationError(
+            f"{ckpt.path}: a class-conditional model needs a class index and only it takes one")
+    if class_index is not None and not 0 <= class_index < ckpt.profile.model.num_classes:
+        raise GenerationError(f"class index {class_index} outside "
+                              f"0..{ckpt.profile.model.num_classes - 1}")
     if backend == "torch":
         net = build_denoiser(ckpt.profile.model)
         load_weights(net, ckpt.ema, ckpt.path, ckpt.profile.model)
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return TorchBackend(net.to(dev), bf16=bf16)
+        return TorchBackend(net.to(dev), bf16=bf16, class_label=class_index)
     if backend == "onnx":
         from sonoaudit_generator.onnx_backend import OrtBackend, ensure_onnx
 
         # re-exported when the checkpoint moved on (resumed or retrained) since the last export
-        return OrtBackend(ensure_onnx(ckpt, ckpt.path / "denoiser.onnx"))
+        return OrtBackend(ensure_onnx(ckpt, ckpt.path / "denoiser.onnx"),
+                          class_label=class_index)
     raise GenerationError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
@@ -108,10 +142,13 @@ def generate(
     max_n: int = 10_000,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    class_label: str | None = None,
 ) -> GenerationRun:
     """Sample ``n`` image/mask pairs; returns the finished ``GenerationRun`` (with ``qc_summary``).
 
-    Out of memory (GPU) halves the batch and retries; at batch 1 the error propagates.
+    ``class_label``: the class to sample; required for a class-conditional model, optional
+    (and only its own class) for a per-class model. Out of memory (GPU) halves the batch and
+    retries; at batch 1 the error propagates.
     """
     from tqdm import tqdm
 
@@ -120,9 +157,12 @@ def generate(
     steps = steps if steps is not None else default_steps(
         sampler, ckpt.profile.schedule.num_train_timesteps)
     validate_request(ckpt, n, sampler, steps, max_n)
+    cls, cls_index = resolve_class(ckpt, model.id, model.class_label, class_label)
     size = ckpt.profile.model.sample_size
     channels = ckpt.profile.model.in_channels
-    prov = provenance(model_id=model.id, model_name=model.name, class_label=model.class_label,
+    prov = provenance(model_id=model.id, model_name=model.name, class_label=cls,
+                      conditional=ckpt.conditional, class_index=cls_index,
+                      class_names=ckpt.class_names if ckpt.conditional else None,
                       checkpoint=model.checkpoint_path, checkpoint_step=ckpt.step,
                       seed=seed, sampler=sampler, steps=steps, backend=backend,
                       schedule=ckpt.profile.schedule.model_dump(mode="json"),
@@ -134,10 +174,11 @@ def generate(
             run = s.scalars(select(GenerationRun).where(GenerationRun.job_id == job_id)).first()
         resumed = run is not None
         if run is None:
-            run = GenerationRun(model_id=model.id, job_id=job_id, class_label=model.class_label,
+            run = GenerationRun(model_id=model.id, job_id=job_id, class_label=cls,
                                 n=n, sampler=sampler, steps=steps, seed=seed, provenance=prov)
             s.add(run)
-        elif (run.n, run.sampler, run.steps, run.seed) != (n, sampler, steps, seed):
+        elif (run.n, run.sampler, run.steps, run.seed, run.class_label) != (n, sampler, steps,
+                                                                             seed, cls):
             raise GenerationError(f"job {job_id} already ran with other parameters")
         run.status = "running"
         s.flush()
@@ -148,10 +189,10 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     if resumed:  # a redelivered job: an earlier delivery may have died mid-write
         _sweep_partial_writes(out)
-    be = make_backend(ckpt, backend)
+    be = make_backend(ckpt, backend, class_index=cls_index)
     todo = [i for i in range(n) if i not in done]
     bar = tqdm(total=n, initial=n - len(todo), disable=not progress, unit="img",
-               desc=f"generate {model.class_label or ''} {sampler}×{steps}")
+               desc=f"generate {cls or ''} {sampler}×{steps}")
     bs = max(1, batch_size)
     pos = 0
     try:
@@ -169,7 +210,7 @@ def generate(
                         torch.cuda.empty_cache()
                     continue
                 raise
-            _store_batch(ctx, run_id, model, idx, res.images, res.masks, seed, out)
+            _store_batch(ctx, run_id, cls, idx, res.images, res.masks, seed, out)
             pos += len(idx)
             bar.update(len(idx))
             if on_progress is not None:
@@ -192,7 +233,7 @@ def _sweep_partial_writes(out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _store_batch(ctx: AppContext, run_id: str, model: Model, indices: list[int],
+def _store_batch(ctx: AppContext, run_id: str, class_label: str | None, indices: list[int],
                  images: Any, masks: Any, seed: int, out: Path) -> None:
     rows = []
     for k, i in enumerate(indices):
@@ -200,12 +241,12 @@ def _store_batch(ctx: AppContext, run_id: str, model: Model, indices: list[int],
         ib, mb = png_bytes(img), png_bytes(msk)
         sha, rel = ctx.store.put(ib)
         msha, mrel = ctx.store.put(mb)
-        stem = f"{model.class_label or 'sample'}_{i:05d}"
+        stem = f"{class_label or 'sample'}_{i:05d}"
         atomic_write_bytes(out / f"{stem}_image.png", ib)
         atomic_write_bytes(out / f"{stem}_mask.png", mb)
         rows.append(Image(
             sha256=sha, mask_sha256=msha, source="synthetic",
-            class_label=model.class_label or "unknown", name=f"{run_id}_{i:05d}", path=rel,
+            class_label=class_label or "unknown", name=f"{run_id}_{i:05d}", path=rel,
             mask_path=mrel, width=int(img.shape[1]), height=int(img.shape[0]),
             generation_run_id=run_id, sample_index=i,
             meta={"qc": mask_qc(img, msk), "sample_seed": sample_seed(seed, i),

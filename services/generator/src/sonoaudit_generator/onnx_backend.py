@@ -1,7 +1,8 @@
 """ONNX export of the denoiser (dynamic batch) and an ONNX Runtime backend for the same samplers.
 
-The graph takes ``x`` (B, C, H, W) float32 and ``t`` (B,) int64 and returns the prediction; the
-sampling loop (diffusers schedulers) stays in Python, so every sampler works on either backend.
+The graph takes ``x`` (B, C, H, W) float32 and ``t`` (B,) int64 (and, for a class-conditional
+model, ``class_labels`` (B,) int64) and returns the prediction; the sampling loop (diffusers
+schedulers) stays in Python, so every sampler works on either backend.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from sonoaudit_generator.denoiser import build_denoiser
 OPSET = 17
 
 
+CLASS_INPUT = "class_labels"
+
+
 class _Export(torch.nn.Module):
     def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
@@ -31,19 +35,34 @@ class _Export(torch.nn.Module):
         return out
 
 
-def export_module(net: torch.nn.Module, size: int, channels: int, path: Path) -> Path:
-    """Export ``net`` (called as ``net(x, t)``) with a dynamic batch axis; written atomically."""
+class _ExportConditional(_Export):
+    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor) -> Tensor:  # type: ignore[override]
+        out: Tensor = self.net(x, t, class_labels)
+        return out
+
+
+def export_module(net: torch.nn.Module, size: int, channels: int, path: Path, *,
+                  num_classes: int = 0) -> Path:
+    """Export ``net`` (called as ``net(x, t)``, or ``net(x, t, class_labels)`` when
+    ``num_classes`` > 0) with a dynamic batch axis; written atomically."""
     import onnx
     from sonoaudit.filestore import atomic_write_bytes
 
     net = copy.deepcopy(net).eval().float().cpu()  # leave the caller's module where it is
     x = torch.zeros(2, channels, size, size)
     t = torch.tensor([1, 2], dtype=torch.long)
+    args: tuple[Tensor, ...] = (x, t)
+    names = ["x", "t"]
+    wrapper: torch.nn.Module = _Export(net)
+    if num_classes > 0:
+        args = (x, t, torch.tensor([0, num_classes - 1], dtype=torch.long))
+        names.append(CLASS_INPUT)
+        wrapper = _ExportConditional(net)
     tmp = path.with_name(f".{path.name}.export")
     with torch.no_grad():
         torch.onnx.export(
-            _Export(net), (x, t), str(tmp), input_names=["x", "t"], output_names=["out"],
-            dynamic_axes={"x": {0: "batch"}, "t": {0: "batch"}, "out": {0: "batch"}},
+            wrapper, args, str(tmp), input_names=names, output_names=["out"],
+            dynamic_axes={**{n: {0: "batch"} for n in names}, "out": {0: "batch"}},
             opset_version=OPSET, dynamo=False,
         )
     model = onnx.load(str(tmp))
@@ -67,10 +86,17 @@ def export_onnx(ckpt: Checkpoint, path: Path) -> Path:
     load_weights(net, ckpt.ema, ckpt.path, ckpt.profile.model)
     sidecar = path.with_suffix(".json")
     sidecar.unlink(missing_ok=True)  # never a new model beside the old model's sidecar
-    export_module(net, ckpt.profile.model.sample_size, ckpt.profile.model.in_channels, path)
+    n_cls = ckpt.profile.model.num_classes
+    export_module(net, ckpt.profile.model.sample_size, ckpt.profile.model.in_channels, path,
+                  num_classes=n_cls)
+    inputs = {"x": "float32 (B,C,H,W)", "t": "int64 (B,)"}
+    extra: dict[str, Any] = {}
+    if n_cls > 0:
+        inputs[CLASS_INPUT] = f"int64 (B,) in 0..{n_cls - 1}"
+        extra["class_names"] = ckpt.class_names_or_indices()
     atomic_write_bytes(sidecar, json.dumps(
-        {"checkpoint": str(ckpt.path), **_origin(ckpt),
-         "inputs": {"x": "float32 (B,C,H,W)", "t": "int64 (B,)"}}, indent=2).encode())
+        {"checkpoint": str(ckpt.path), **_origin(ckpt), "inputs": inputs, **extra},
+        indent=2).encode())
     return path
 
 
@@ -110,7 +136,8 @@ class OrtBackend:
     name = "onnx"
     device = torch.device("cpu")
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int | None = None,
+                 class_label: int | None = None) -> None:
         import onnxruntime as ort
 
         if not Path(path).is_file():
@@ -122,8 +149,16 @@ class OrtBackend:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session: Any = ort.InferenceSession(str(path), sess_options=opts,
                                                  providers=providers())
+        self.conditional = CLASS_INPUT in {i.name for i in self.session.get_inputs()}
+        if self.conditional and class_label is None:
+            raise ValueError(f"{path}: the model is class-conditional; pass class_label")
+        if not self.conditional and class_label is not None:
+            raise ValueError(f"{path}: the model is not class-conditional; it takes no class")
+        self.class_label = class_label
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self.session.run(["out"], {"x": x.detach().cpu().float().numpy(),
-                                         "t": t.detach().cpu().long().numpy()})[0]
+        feed = {"x": x.detach().cpu().float().numpy(), "t": t.detach().cpu().long().numpy()}
+        if self.class_label is not None:
+            feed[CLASS_INPUT] = np.full((x.shape[0],), self.class_label, dtype=np.int64)
+        out = self.session.run(["out"], feed)[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import torch
 from sonoaudit.context import AppContext
 from sonoaudit.db.models import Dataset, Image, Model, TrainingRun
 from sonoaudit.db.session import session_scope
@@ -63,6 +64,36 @@ def resolve_dataset(ctx: AppContext, data: str | Path, size: int) -> Dataset:
         return ds
 
 
+ALL_CLASSES = "all"
+
+
+def dataset_classes(ctx: AppContext, dataset_id: str) -> list[str]:
+    """The classes a dataset has images of, sorted."""
+    with session_scope(ctx.sessions) as s:
+        return sorted(c for c in s.scalars(select(Image.class_label).where(
+            Image.dataset_id == dataset_id).distinct()) if c)
+
+
+def conditional_classes(spec: str, have: list[str]) -> list[str] | None:
+    """The classes one class-conditional model is trained on: ``all`` (every class of the
+    dataset) or a comma list (``benign,malignant``); ``None`` for one class (a per-class model).
+    Label ``i`` of the model is class ``i`` of the returned (sorted) list."""
+    if spec != ALL_CLASSES and "," not in spec:
+        return None
+    names = sorted(have) if spec == ALL_CLASSES else sorted(
+        {c.strip() for c in spec.split(",") if c.strip()})
+    missing = [c for c in names if c not in have]
+    if missing:
+        raise ValueError(f"class {missing[0]!r} has no images in the dataset; it has: "
+                         f"{', '.join(have) or 'none'}")
+    if len(names) < 2:
+        raise ValueError(f"a class-conditional model needs at least two classes, got "
+                         f"{', '.join(names) or 'none'} from {spec!r}")
+    if len(",".join(names)) > 32:
+        raise ValueError(f"too many classes for one model: {', '.join(names)}")
+    return names
+
+
 def load_class_split(ctx: AppContext, dataset: Dataset, class_label: str,
                      size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train images, train masks, val images, val masks) of one class at ``size``; the split is
@@ -112,8 +143,10 @@ def train_model(
     schedule: str | None = None,
     prediction: str | None = None,
 ) -> Model | None:
-    """Train one per-class D-DDPM. Returns the ``Model`` row (None on non-zero DDP ranks, and
-    when ``stop_after`` interrupts the run before its last step).
+    """Train one per-class D-DDPM (``class_label`` = one class) or one class-conditional model
+    (``class_label`` = ``all`` or a comma list such as ``benign,malignant``). Returns the
+    ``Model`` row (None on non-zero DDP ranks, and when ``stop_after`` interrupts the run before
+    its last step).
 
     ``backbone`` (rsu | diffusers), ``schedule`` (linear | cosine), ``prediction`` (epsilon |
     v), ``steps``: override the profile's; the checkpoint, ``TrainingRun`` and ``Model`` record
@@ -124,9 +157,27 @@ def train_model(
     variant = f"{p.name}-{tag}" if tag else p.name
     dist = dist_info()
     ds = resolve_dataset(ctx, data, p.model.sample_size)
-    ti, tm, vi, vm = load_class_split(ctx, ds, class_label, p.model.sample_size)
+    names = conditional_classes(class_label, dataset_classes(ctx, ds.id))
+    labels: tuple[torch.Tensor, torch.Tensor] | None = None
+    if names is None:
+        ti, tm, vi, vm = load_class_split(ctx, ds, class_label, p.model.sample_size)
+        per_class = {class_label: (len(ti), len(vi))}
+    else:
+        # one class-conditional model: every class's images with its label index; each class
+        # keeps the dataset's patient-level split
+        parts = [load_class_split(ctx, ds, c, p.model.sample_size) for c in names]
+        ti, tm, vi, vm = (np.concatenate([part[k] for part in parts]) for k in range(4))
+        labels = (torch.cat([torch.full((len(part[0]),), i, dtype=torch.long)
+                             for i, part in enumerate(parts)]),
+                  torch.cat([torch.full((len(part[2]),), i, dtype=torch.long)
+                             for i, part in enumerate(parts)]))
+        per_class = {c: (len(part[0]), len(part[2])) for c, part in zip(names, parts,
+                                                                       strict=True)}
+        p = customise(p, num_classes=len(names))
+        class_label = ",".join(names)
+    folder = class_label.replace(",", "+")
     out = Path(out_dir) if out_dir is not None else (
-        ctx.settings.home / "models" / f"{class_label}-{variant}-seed{seed}")
+        ctx.settings.home / "models" / f"{folder}-{variant}-seed{seed}")
     out.mkdir(parents=True, exist_ok=True)
     run_id: str | None = None
     if dist.main:
@@ -141,7 +192,10 @@ def train_model(
                     config=p.model_dump(mode="json"), out_dir=str(out),
                     provenance=provenance(seed=seed, model=p.model.backbone,
                                           n_train=int(len(ti)), n_val=int(len(vi)),
-                                          world_size=dist.world_size, **choices(p)),
+                                          world_size=dist.world_size, **choices(p),
+                                          conditional=names is not None, class_names=names,
+                                          per_class={c: {"n_train": a, "n_val": b}
+                                                     for c, (a, b) in per_class.items()}),
                 )
                 s.add(run)
             run.status = "running"
@@ -156,9 +210,11 @@ def train_model(
     try:
         result: TrainResult = train_loop(
             to_training_tensor(ti, tm), to_training_tensor(vi, vm), p, out, seed=seed,
-            class_label=class_label, resume=resume, stop_after=stop_after, progress=progress,
-            on_checkpoint=on_checkpoint if run_id else None,
+            class_label=None if names else class_label, resume=resume, stop_after=stop_after,
+            progress=progress, on_checkpoint=on_checkpoint if run_id else None,
             meta={"dataset_id": ds.id, "training_run_id": run_id, **choices(p)},
+            labels=None if labels is None else labels[0],
+            val_labels=None if labels is None else labels[1], class_names=names,
         )
     except BaseException as exc:
         if run_id:
@@ -170,7 +226,7 @@ def train_model(
     if not dist.main or run_id is None:
         return None
     plot_loss_curve(result.loss_curve, out / "loss_curve.png",
-                    f"D-DDPM {class_label} ({p.name}), seed {seed}")
+                    f"D-DDPM {class_label} ({variant}), seed {seed}")
     atomic_write_bytes(out / "loss_curve.json", json.dumps(result.loss_curve).encode())
     finished = result.step >= p.train.steps
     with session_scope(ctx.sessions) as s:
@@ -183,8 +239,11 @@ def train_model(
         model = s.scalars(select(Model).where(Model.training_run_id == run_id)).first()
         if model is None:
             model = Model(
-                name=f"d-ddpm-{class_label}-{variant}-{run_id[:8]}", class_label=class_label,
-                backbone=p.model.backbone, config=p.model_dump(mode="json"),
+                name=f"d-ddpm-{folder}-{variant}-{run_id[:8]}",
+                # None = class-conditional (the classes are in the checkpoint and the config)
+                class_label=None if names else class_label,
+                backbone=p.model.backbone,
+                config={**p.model_dump(mode="json"), **({"class_names": names} if names else {})},
                 checkpoint_path=str(result.checkpoint.resolve()), training_run_id=run_id,
             )
             s.add(model)

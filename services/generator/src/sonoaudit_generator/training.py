@@ -150,6 +150,7 @@ def train_loop(
     meta: dict[str, Any] | None = None,
     labels: Tensor | None = None,
     val_labels: Tensor | None = None,
+    class_names: list[str] | None = None,
 ) -> TrainResult:
     """Train ``prof`` on ``train`` (N,2,H,W in [-1,1]); checkpoints go to ``out_dir/checkpoint``.
 
@@ -157,7 +158,8 @@ def train_loop(
     ``stop_after``: stop at this global step (simulates an interruption in tests).
     ``labels``/``val_labels``: class index of each image, required when the profile's model is
     class-conditional (``num_classes > 0``): one model for all classes, the option on top of the
-    study's one-model-per-class.
+    study's one-model-per-class. ``class_names[i]``: the class of label ``i`` (kept in the
+    checkpoint, so the model can be sampled by class name).
     """
     from tqdm import tqdm
 
@@ -186,6 +188,10 @@ def train_loop(
             raise ValueError(f"labels must be in 0..{prof.model.num_classes - 1}")
         if val_labels is None or val_labels.shape != (val.shape[0],):
             raise ValueError("val_labels must give one label per validation image")
+    if class_names is not None and (not conditional
+                                    or len(class_names) != prof.model.num_classes):
+        raise ValueError(f"class_names {class_names} must name each class of a "
+                         "class-conditional model")
     torch.manual_seed(seed)
     net = build_denoiser(prof.model).to(dev)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
@@ -207,6 +213,10 @@ def train_loop(
         if ck.class_label != class_label:
             raise CheckpointError(
                 f"{ckpt_dir}: checkpoint is for class {ck.class_label!r}, not {class_label!r}"
+            )
+        if ck.class_names != class_names:
+            raise CheckpointError(
+                f"{ckpt_dir}: checkpoint's classes are {ck.class_names}, not {class_names}"
             )
         want_ds, have_ds = (meta or {}).get("dataset_id"), ck.meta.get("dataset_id")
         if want_ds is not None and have_ds is not None and want_ds != have_ds:
@@ -251,6 +261,7 @@ def train_loop(
             state={"optimizer": opt.state_dict(), "loss_curve": curve, "seed": seed},
             meta={**(meta or {}), "seed": seed, "n_train": int(train.shape[0]),
                   "n_val": int(val.shape[0])},
+            class_names=class_names,
         )
         if on_checkpoint is not None:
             on_checkpoint(step, curve)

@@ -14,7 +14,9 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
         data: str = typer.Option(..., "--data", help="Dataset folder, or an imported dataset id."),
-        class_label: str = typer.Option(..., "--class", help="benign | malignant."),
+        class_label: str = typer.Option(
+            ..., "--class", help="benign | malignant: one model per class (the study's); all "
+            "(or a comma list, benign,malignant): one class-conditional model on those classes."),
         profile: str = typer.Option("quick", help="quick (64px, CPU) | paper (128px, GPU)."),
         backbone: str | None = typer.Option(
             None, help="rsu (the D-DDPM's RSU U-Net) | diffusers (UNet2DModel baseline). "
@@ -29,7 +31,8 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
         threads: int | None = typer.Option(None, help="torch CPU threads."),
     ) -> None:
-        """Train one per-class joint image+mask DDPM. Under torchrun, trains with DDP."""
+        """Train a joint image+mask DDPM: one per class, or one class-conditional model
+        (--class all). Under torchrun, trains with DDP."""
         import torch
         from sonoaudit_generator.checkpoint import CheckpointError
         from sonoaudit_generator.config import BACKBONES, PREDICTIONS, PROFILES, SCHEDULES
@@ -72,6 +75,9 @@ def register(app: typer.Typer) -> None:
     @app.command("generate")
     def generate_cmd(
         model: str = typer.Option(..., "--model", help="Model id (see `sonoaudit models`)."),
+        class_label: str | None = typer.Option(
+            None, "--class", help="Class to sample: required for a class-conditional model "
+            "(one of its classes); a per-class model samples only its own class."),
         n: int = typer.Option(16, "--n", help="Number of image/mask pairs."),
         sampler: str = typer.Option("ddpm", help="ddpm (ancestral) | ddim | dpmpp."),
         steps: int | None = typer.Option(None, help="Denoising steps (default: T, 50, 25)."),
@@ -93,12 +99,13 @@ def register(app: typer.Typer) -> None:
         ctx = context()
         try:
             run = generate(ctx, model, n, sampler, steps, seed, out, batch_size=batch_size,
-                           backend=backend)
+                           backend=backend, class_label=class_label)
         except (CheckpointError, ValueError) as exc:
             fail(str(exc))
         finally:
             ctx.close()
-        print_json({"generation_run_id": run.id, "n": run.n, "sampler": run.sampler,
+        print_json({"generation_run_id": run.id, "class": run.class_label, "n": run.n,
+                    "sampler": run.sampler,
                     "steps": run.steps, "qc_summary": run.qc_summary,
                     "out": str(out) if out else None})
 
@@ -107,7 +114,8 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(..., "--model", help="Model id."),
         out: Path | None = typer.Option(None, help="Default: <checkpoint>/denoiser.onnx."),
     ) -> None:
-        """Export the denoiser (EMA weights) to ONNX with a dynamic batch axis."""
+        """Export the denoiser (EMA weights) to ONNX with a dynamic batch axis (inputs x, t,
+        and class_labels for a class-conditional model)."""
         from sonoaudit_generator.checkpoint import CheckpointError, load_checkpoint
         from sonoaudit_generator.generation import get_model
         from sonoaudit_generator.onnx_backend import export_onnx
@@ -123,7 +131,10 @@ def register(app: typer.Typer) -> None:
             fail(str(exc))
         finally:
             ctx.close()
-        print_json({"model_id": model, "onnx": str(path)})
+        info: dict[str, object] = {"model_id": model, "onnx": str(path)}
+        if ckpt.conditional:  # the graph has a class_labels input (index into class_names)
+            info["class_names"] = ckpt.class_names_or_indices()
+        print_json(info)
 
     @app.command("models")
     def models_cmd() -> None:

@@ -48,11 +48,14 @@ class MetricsRequest(_Payload):
 
 
 class TrainRequest(_Payload):
-    """Train one per-class model on an imported dataset (the generator's train worker)."""
+    """Train one model on an imported dataset (the generator's train worker): per-class, or
+    class-conditional when ``class_label`` is ``all`` or a comma list."""
 
     job_id: str
     dataset_id: str = Field(min_length=1, description="Id of an imported dataset.")
-    class_label: str = Field(min_length=1, description="Class whose images train the model.")
+    class_label: str = Field(
+        min_length=1, description="Class whose images train the model; `all` or a comma list "
+        "(`benign,malignant`): one class-conditional model on those classes.")
     profile: str = Field(default="quick", description="Training preset: quick | paper | tiny.")
     seed: int = 0
     steps: int | None = Field(default=None, ge=1, description="None = the profile's steps.")
