@@ -129,6 +129,10 @@ def test_cli_trains_one_conditional_model_and_samples_each_class(
     ck = load_checkpoint(folder / "checkpoint")
     assert ck.class_names == ["benign", "malignant"] and ck.profile.model.num_classes == 2
     assert ck.class_label is None
+    listed = cli.invoke(app, ["models"])
+    assert listed.exit_code == 0, listed.output
+    rows_out = json.loads(listed.stdout[listed.stdout.index("["):])
+    assert [(m["class"], m["class_names"]) for m in rows_out] == [(None, ["benign", "malignant"])]
 
     ctx = build_context(Settings(home=home))
     with ctx.sessions() as s:
@@ -320,6 +324,9 @@ def test_http_train_all_is_conditional_and_generate_refuses_it(tmp_path: Path) -
             model = s.get_one(Model, mid)
             assert model.class_label is None
             assert model.config["class_names"] == ["benign", "malignant"]
+        listed = {m["id"]: m for m in client.get("/models").json()}
+        assert listed[mid]["class"] is None
+        assert listed[mid]["class_names"] == ["benign", "malignant"]
         r = client.post("/generate", json={"model_id": mid, "n": 1})
         assert r.status_code == 422, r.text
         detail = r.json()["detail"][0]

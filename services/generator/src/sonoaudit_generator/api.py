@@ -170,6 +170,7 @@ def router() -> APIRouter:
         def load() -> list[dict[str, Any]]:
             with session_scope(ctx.sessions) as s:
                 return [{"id": m.id, "name": m.name, "class": m.class_label,
+                         "class_names": m.config.get("class_names"),  # conditional models
                          "backbone": m.backbone, "config": m.config,
                          "created_at": m.created_at.isoformat()}
                         for m in s.scalars(select(Model).order_by(Model.created_at))]

@@ -149,6 +149,7 @@ def register(app: typer.Typer) -> None:
         try:
             with session_scope(ctx.sessions) as s:
                 rows = [{"id": m.id, "name": m.name, "class": m.class_label,
+                         "class_names": m.config.get("class_names"),  # conditional models
                          "backbone": m.backbone, "checkpoint": m.checkpoint_path,
                          "created_at": m.created_at} for m in s.scalars(select(Model))]
         finally:
