@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from gen_helpers import register_model, tiny_profile, toy_lesions
+from gen_helpers import conditional_profile, perturbed, register_model, tiny_profile, toy_lesions
 from PIL import Image as PILImage
 from sonoaudit.cli.main import app
 from sonoaudit.context import build_context
@@ -21,7 +21,6 @@ from sonoaudit_generator.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_weights,
-    save_checkpoint,
 )
 from sonoaudit_generator.config import customise
 from sonoaudit_generator.denoiser import build_denoiser
@@ -36,10 +35,7 @@ torch.set_num_threads(1)
 
 
 def conditional(steps: int) -> object:
-    p = tiny_profile(8, steps)
-    return p.model_copy(update={"model": p.model.model_copy(update={"num_classes": 2}),
-                                # a short run: an EMA of 0.995 would still be mostly step 0
-                                "train": p.train.model_copy(update={"ema_decay": 0.9})})
+    return conditional_profile(steps)
 
 
 def test_conditional_model_learns_which_class_is_which(tmp_path: Path) -> None:
@@ -94,17 +90,7 @@ def test_unconditional_model_refuses_labels(tmp_path: Path) -> None:
 
 # --- the class-conditional model end to end: train (--class all), sample a class, ONNX ---------
 
-def _perturbed(ckpt_dir: Path, seed: int = 0, scale: float = 0.05) -> None:
-    """Randomise a trained checkpoint's EMA weights (a few training steps leave the zero-init
-    output near 0 and the class embedding without effect, so no parity or label check could
-    fail); saved as a proper checkpoint, class names kept."""
-    ck = load_checkpoint(ckpt_dir, with_state=True)
-    g = torch.Generator().manual_seed(seed)
-    ema = {k: v + torch.randn(v.shape, generator=g) * scale if v.is_floating_point() else v
-           for k, v in ck.ema.items()}
-    save_checkpoint(ckpt_dir, profile=ck.profile, class_label=ck.class_label, step=ck.step,
-                    weights=ck.weights, ema=ema, state=ck.state, meta=ck.meta,
-                    class_names=ck.class_names)
+_perturbed = perturbed
 
 
 def _json(stdout: str) -> Any:
@@ -296,7 +282,7 @@ def test_onnx_of_a_per_class_model_takes_no_class(tiny_checkpoint: Path, tmp_pat
         make_backend(ck, "torch", class_index=0)
 
 
-def test_http_train_all_is_conditional_and_generate_refuses_it(tmp_path: Path) -> None:
+def test_http_train_all_is_conditional_and_generate_needs_its_class(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
     from sonoaudit.datasets import import_dataset, write_phantom
     from sonoaudit_generator.main import create_app
@@ -327,11 +313,15 @@ def test_http_train_all_is_conditional_and_generate_refuses_it(tmp_path: Path) -
         listed = {m["id"]: m for m in client.get("/models").json()}
         assert listed[mid]["class"] is None
         assert listed[mid]["class_names"] == ["benign", "malignant"]
-        r = client.post("/generate", json={"model_id": mid, "n": 1})
+        r = client.post("/generate", json={"model_id": mid, "n": 1})  # no class to sample
         assert r.status_code == 422, r.text
         detail = r.json()["detail"][0]
-        assert detail["loc"] == ["body", "model_id"] and "class-conditional" in detail["msg"]
+        assert detail["loc"] == ["body", "class_label"] and "class-conditional" in detail["msg"]
+        r = client.post("/generate", json={"model_id": mid, "class_label": "malignant", "n": 1,
+                                           "sampler": "ddim", "steps": 2})
+        assert r.status_code == 200, r.text
+        assert r.json()["class_label"] == "malignant"
     with ctx.sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Image)
-                        .where(Image.source == "synthetic")) == 0
+        assert list(s.scalars(select(Image.class_label)
+                              .where(Image.source == "synthetic"))) == ["malignant"]
     ctx.close()

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from sonoaudit.context import AppContext
 from sonoaudit.db.models import Image, Job, Model
 from sonoaudit.db.session import session_scope
@@ -30,6 +30,7 @@ from sonoaudit_generator.generation import (
     find_model_for_class,
     generate,
     get_model,
+    resolve_class,
     validate_request,
 )
 from sonoaudit_generator.jobs import create_job, job_view, publish_job, run_job, update_job
@@ -41,8 +42,11 @@ log = logging.getLogger(__name__)
 class GenerateBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    class_label: str | None = Field(default=None, alias="class",
-                                    description="Use the newest model of this class.")
+    class_label: str | None = Field(
+        default=None, validation_alias=AliasChoices("class_label", "class"),
+        description="The class to sample (also accepted as `class`). Alone: the newest "
+        "per-class model of this class. With model_id: required for a class-conditional model "
+        "(one of its classes); a per-class model samples only its own class.")
     model_id: str | None = None
     n: int = Field(ge=1)
     sampler: Literal["ddpm", "ddim", "dpmpp"] = "ddpm"
@@ -63,23 +67,24 @@ def router() -> APIRouter:
         return runtime, runtime.require(), request.app.state.generator_settings
 
     def resolve(ctx: AppContext, body: GenerateBody, gs: GeneratorSettings) -> GenerateRequest:
-        if (body.class_label is None) == (body.model_id is None):
-            raise _unprocessable("give exactly one of 'class' or 'model_id'", "class")
+        if body.class_label is None and body.model_id is None:
+            raise _unprocessable("give 'model_id' (and 'class_label' for a class-conditional "
+                                 "model) or 'class_label' alone (the newest model of that class)",
+                                 "class_label")
         try:
             model = (get_model(ctx, body.model_id) if body.model_id is not None
                      else find_model_for_class(ctx, body.class_label or ""))
         except GenerationError as exc:
-            raise _unprocessable(str(exc), "model_id" if body.model_id else "class") from exc
+            raise _unprocessable(str(exc), "model_id" if body.model_id else "class_label") \
+                from exc
         try:
             ckpt = load_checkpoint(Path(model.checkpoint_path))
         except CheckpointError as exc:
             raise HTTPException(409, detail=f"model {model.id}: {exc}") from exc
-        if ckpt.conditional:  # the generate job payload has no class field (yet)
-            raise _unprocessable(
-                f"model {model.id} is class-conditional (classes "
-                f"{', '.join(ckpt.class_names_or_indices())}); the HTTP API samples per-class "
-                f"models only: use `sonoaudit generate --model {model.id} --class C`",
-                "model_id")
+        try:  # the class sampled: required for a conditional model, its own for a per-class one
+            cls, _ = resolve_class(ckpt, model.id, model.class_label, body.class_label)
+        except GenerationError as exc:
+            raise _unprocessable(str(exc), "class_label") from exc
         steps = body.steps if body.steps is not None else default_steps(
             body.sampler, ckpt.profile.schedule.num_train_timesteps)
         try:
@@ -88,7 +93,8 @@ def router() -> APIRouter:
             field = "n" if str(exc).startswith("n ") else "steps"
             raise _unprocessable(str(exc), field) from exc
         return GenerateRequest(job_id="pending", model_id=model.id, n=body.n,
-                               sampler=body.sampler, steps=steps, seed=body.seed)
+                               sampler=body.sampler, steps=steps, seed=body.seed,
+                               class_label=cls)
 
     @r.post("/generate", tags=["generate"],
             responses={202: {"description": "queued as a job"}, 422: {"description": "bad input"}})
@@ -100,10 +106,12 @@ def router() -> APIRouter:
             gs.apply_threads()
             run = await asyncio.to_thread(
                 generate, ctx, req.model_id, req.n, req.sampler, req.steps, req.seed,
-                batch_size=gs.batch_size, backend=gs.backend, max_n=gs.max_n, progress=False)
+                batch_size=gs.batch_size, backend=gs.backend, max_n=gs.max_n, progress=False,
+                class_label=req.class_label)
             images = await asyncio.to_thread(_run_images, ctx, run.id)
             return JSONResponse({"status": "done", "generation_run_id": run.id,
-                                 "model_id": req.model_id, "qc_summary": run.qc_summary,
+                                 "model_id": req.model_id, "class_label": run.class_label,
+                                 "qc_summary": run.qc_summary,
                                  "images": images})
         job_id = await asyncio.to_thread(create_job, ctx, params, req.n, correlation_id.get())
         req = req.model_copy(update={"job_id": job_id})

@@ -74,7 +74,7 @@ def resolve_class(ckpt: Checkpoint, model_id: str, model_class: str | None,
         if class_label is None:
             raise GenerationError(
                 f"model {model_id} is class-conditional (classes {', '.join(names)}): give the "
-                "class to sample (--class)")
+                "class to sample (--class; class_label over HTTP and in a generate job)")
         if class_label not in names:
             raise GenerationError(f"model {model_id} has no class {class_label!r}; its classes: "
                                   f"{', '.join(names)}")

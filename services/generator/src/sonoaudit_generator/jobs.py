@@ -65,8 +65,9 @@ def run_job(ctx: AppContext, req: GenerateRequest, gsettings: GeneratorSettings)
     run = generate(ctx, req.model_id, req.n, req.sampler, req.steps, req.seed,
                    batch_size=gsettings.batch_size, backend=gsettings.backend,
                    job_id=req.job_id, max_n=gsettings.max_n, progress=False,
-                   on_progress=progress)
-    result = {"generation_run_id": run.id, "qc_summary": run.qc_summary}
+                   on_progress=progress, class_label=req.class_label)
+    result = {"generation_run_id": run.id, "class_label": run.class_label,
+              "qc_summary": run.qc_summary}
     update_job(ctx, req.job_id, status="done", done=req.n, result=result, error=None)
     return result
 

@@ -24,6 +24,9 @@ class GenerateRequest(_Payload):
     sampler: Sampler = "ddpm"
     steps: int = Field(ge=1)
     seed: int = 0
+    class_label: str | None = Field(
+        default=None, description="The class to sample: required for a class-conditional model "
+        "(one of its classes); a per-class model samples only its own class.")
 
 
 class ClassifyRequest(_Payload):
