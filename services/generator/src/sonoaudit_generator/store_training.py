@@ -31,6 +31,7 @@ from sonoaudit_generator.training import (
     TrainResult,
     dist_info,
     plot_loss_curve,
+    resume_checkpoint,
     to_training_tensor,
     train_loop,
 )
@@ -180,6 +181,12 @@ def train_model(
         ctx.settings.home / "models" / f"{folder}-{variant}-seed{seed}")
     out.mkdir(parents=True, exist_ok=True)
     run_id: str | None = None
+    if resume:
+        # a resume that does not fit the checkpoint is refused before any row is touched: the
+        # refusal is about this request, not the run that wrote the checkpoint (train_loop
+        # checks the same again when it loads the weights)
+        resume_checkpoint(out / "checkpoint", p, class_label=None if names else class_label,
+                          class_names=names, seed=seed, dataset_id=ds.id)
     if dist.main:
         with session_scope(ctx.sessions) as s:
             run = None

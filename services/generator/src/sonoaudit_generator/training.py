@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sonoaudit_generator.checkpoint import (
+    Checkpoint,
     CheckpointError,
     load_checkpoint,
     load_weights,
@@ -134,6 +135,42 @@ def validation_loss(net: nn.Module, scheduler: Any, val: Tensor, seed: int,
     return float(loss)
 
 
+def resume_checkpoint(ckpt_dir: Path, prof: Profile, *, class_label: str | None,
+                      class_names: list[str] | None, seed: int,
+                      dataset_id: str | None = None) -> Checkpoint:
+    """The checkpoint a ``resume`` continues from (with its training state), or
+    ``CheckpointError`` naming what differs from this run: the profile (backbone, schedule,
+    prediction, widths, steps…), class, class list, dataset or seed. Reads only, so a caller
+    can refuse a resume before it writes anything (``store_training`` does)."""
+    ck = load_checkpoint(ckpt_dir, with_state=True)
+    if ck.profile != prof:
+        raise CheckpointError(
+            f"{ckpt_dir}: trained with profile {ck.profile.name!r} settings other than this "
+            f"run's (checkpoint -> this run: {'; '.join(profile_diff(ck.profile, prof))}); "
+            "resume with the checkpoint's --profile/--backbone/--schedule/--prediction/"
+            "--steps, or use a fresh --out"
+        )
+    if ck.class_label != class_label:
+        raise CheckpointError(
+            f"{ckpt_dir}: checkpoint is for class {ck.class_label!r}, not {class_label!r}"
+        )
+    if ck.class_names != class_names:
+        raise CheckpointError(
+            f"{ckpt_dir}: checkpoint's classes are {ck.class_names}, not {class_names}"
+        )
+    have_ds = ck.meta.get("dataset_id")
+    if dataset_id is not None and have_ds is not None and dataset_id != have_ds:
+        raise CheckpointError(
+            f"{ckpt_dir}: checkpoint was trained on dataset {have_ds}, not {dataset_id}; "
+            "use a fresh --out or the same dataset"
+        )
+    if ck.state.get("seed") != seed:
+        raise CheckpointError(
+            f"{ckpt_dir}: checkpoint was trained with seed {ck.state.get('seed')}, not {seed}"
+        )
+    return ck
+
+
 def train_loop(
     train: Tensor,
     val: Tensor,
@@ -202,37 +239,13 @@ def train_loop(
     curve: list[dict[str, float]] = []
     start = 0
     if resume:
-        ck = load_checkpoint(ckpt_dir, with_state=True)
-        if ck.profile != prof:
-            raise CheckpointError(
-                f"{ckpt_dir}: trained with profile {ck.profile.name!r} settings other than this "
-                f"run's (checkpoint -> this run: {'; '.join(profile_diff(ck.profile, prof))}); "
-                "resume with the checkpoint's --profile/--backbone/--schedule/--prediction/"
-                "--steps, or use a fresh --out"
-            )
-        if ck.class_label != class_label:
-            raise CheckpointError(
-                f"{ckpt_dir}: checkpoint is for class {ck.class_label!r}, not {class_label!r}"
-            )
-        if ck.class_names != class_names:
-            raise CheckpointError(
-                f"{ckpt_dir}: checkpoint's classes are {ck.class_names}, not {class_names}"
-            )
-        want_ds, have_ds = (meta or {}).get("dataset_id"), ck.meta.get("dataset_id")
-        if want_ds is not None and have_ds is not None and want_ds != have_ds:
-            raise CheckpointError(
-                f"{ckpt_dir}: checkpoint was trained on dataset {have_ds}, not {want_ds}; "
-                "use a fresh --out or the same dataset"
-            )
+        ck = resume_checkpoint(ckpt_dir, prof, class_label=class_label, class_names=class_names,
+                               seed=seed, dataset_id=(meta or {}).get("dataset_id"))
         load_weights(net, ck.weights, ckpt_dir, prof.model)
         load_weights(ema, ck.ema, ckpt_dir, prof.model)
         opt.load_state_dict(ck.state["optimizer"])
         curve = list(ck.state["loss_curve"])
         start = ck.step
-        if ck.state.get("seed") != seed:
-            raise CheckpointError(
-                f"{ckpt_dir}: checkpoint was trained with seed {ck.state.get('seed')}, not {seed}"
-            )
     model: nn.Module = net
     if dist.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
