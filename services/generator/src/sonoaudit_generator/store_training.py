@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +22,7 @@ from sonoaudit.filestore import atomic_write_bytes
 from sonoaudit.provenance import provenance
 from sqlalchemy import select
 
+from sonoaudit_generator.checkpoint import CheckpointError
 from sonoaudit_generator.config import (
     BACKBONES,
     PREDICTIONS,
@@ -28,6 +32,7 @@ from sonoaudit_generator.config import (
     variant_tag,
 )
 from sonoaudit_generator.training import (
+    DistInfo,
     TrainResult,
     dist_info,
     plot_loss_curve,
@@ -37,6 +42,7 @@ from sonoaudit_generator.training import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def choices(p: Profile) -> dict[str, str]:
@@ -55,14 +61,54 @@ def resolve_dataset(ctx: AppContext, data: str | Path, size: int) -> Dataset:
     path = Path(data)
     if path.exists():
         return import_dataset(ctx, path, size=size)
+    ds = get_dataset(ctx, str(data))
+    if ds is None:
+        raise ValueError(
+            f"--data {data!r} is neither an existing folder nor the id of an imported dataset"
+        )
+    return ds
+
+
+def get_dataset(ctx: AppContext, dataset_id: str) -> Dataset | None:
     with session_scope(ctx.sessions) as s:
-        ds = s.get(Dataset, str(data))
-        if ds is None:
-            raise ValueError(
-                f"--data {data!r} is neither an existing folder nor the id of an imported dataset"
-            )
-        s.expunge(ds)
+        ds = s.get(Dataset, dataset_id)
+        if ds is not None:
+            s.expunge(ds)
         return ds
+
+
+def on_rank0(dist: DistInfo, fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 only; the other ranks wait for it (the broadcast is the barrier) and
+    get its result, or raise rank 0's error, so no rank is left waiting when rank 0 fails. One
+    process (no torchrun): just ``fn()``. Used for what must happen once under DDP: importing
+    the dataset, creating or reopening the ``TrainingRun`` row."""
+    if dist.world_size <= 1:
+        return fn()
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized()):
+        raise RuntimeError(
+            f"WORLD_SIZE={dist.world_size} but no torch.distributed process group: call "
+            "init_process_group first (`sonoaudit train` does under torchrun)")
+    box: list[Any] = [None, None]
+    failure: BaseException | None = None
+    if dist.main:
+        try:
+            box[0] = fn()
+        except BaseException as exc:
+            failure = exc
+            box[1] = (type(exc).__name__, str(exc))
+    # nccl broadcasts through each rank's own GPU (the CLI does not set a current device)
+    device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+              if tdist.get_backend() == "nccl" else torch.device("cpu"))
+    tdist.broadcast_object_list(box, src=0, device=device)
+    if failure is not None:
+        raise failure
+    if box[1] is not None:
+        kind, msg = box[1]
+        err = {"CheckpointError": CheckpointError, "ValueError": ValueError}.get(kind)
+        raise err(msg) if err is not None else RuntimeError(f"rank 0 failed: {kind}: {msg}")
+    return box[0]  # type: ignore[no-any-return]
 
 
 ALL_CLASSES = "all"
@@ -157,7 +203,12 @@ def train_model(
     tag = variant_tag(p)
     variant = f"{p.name}-{tag}" if tag else p.name
     dist = dist_info()
-    ds = resolve_dataset(ctx, data, p.model.sample_size)
+    # under torchrun rank 0 imports (a folder is imported on first use) while the other ranks
+    # wait, then they look the same dataset up by id: no concurrent imports of one folder
+    ds_id = on_rank0(dist, lambda: resolve_dataset(ctx, data, p.model.sample_size).id)
+    ds = get_dataset(ctx, ds_id)
+    if ds is None:  # rank 0 committed it before the broadcast
+        raise RuntimeError(f"dataset {ds_id} imported by rank 0 is not in the store")
     names = conditional_classes(class_label, dataset_classes(ctx, ds.id))
     labels: tuple[torch.Tensor, torch.Tensor] | None = None
     if names is None:
@@ -179,15 +230,16 @@ def train_model(
     folder = class_label.replace(",", "+")
     out = Path(out_dir) if out_dir is not None else (
         ctx.settings.home / "models" / f"{folder}-{variant}-seed{seed}")
-    out.mkdir(parents=True, exist_ok=True)
-    run_id: str | None = None
-    if resume:
-        # a resume that does not fit the checkpoint is refused before any row is touched: the
-        # refusal is about this request, not the run that wrote the checkpoint (train_loop
-        # checks the same again when it loads the weights)
-        resume_checkpoint(out / "checkpoint", p, class_label=None if names else class_label,
-                          class_names=names, seed=seed, dataset_id=ds.id)
     if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def open_run() -> str:
+        """Rank 0: refuse a resume that does not fit the checkpoint before any row is touched
+        (the refusal is about this request, not the run that wrote the checkpoint; train_loop
+        checks the same again when it loads the weights), then create or reopen the run."""
+        if resume:
+            resume_checkpoint(out / "checkpoint", p, class_label=None if names else class_label,
+                              class_names=names, seed=seed, dataset_id=ds.id)
         with session_scope(ctx.sessions) as s:
             run = None
             if resume:
@@ -207,7 +259,10 @@ def train_model(
                 s.add(run)
             run.status = "running"
             s.flush()
-            run_id = run.id
+            return run.id
+
+    # rank 0 writes the row; every rank knows its id (the checkpoint meta names it)
+    run_id = on_rank0(dist, open_run)
 
     def on_checkpoint(step: int, curve: list[dict[str, float]]) -> None:
         with session_scope(ctx.sessions) as s:
@@ -218,19 +273,19 @@ def train_model(
         result: TrainResult = train_loop(
             to_training_tensor(ti, tm), to_training_tensor(vi, vm), p, out, seed=seed,
             class_label=None if names else class_label, resume=resume, stop_after=stop_after,
-            progress=progress, on_checkpoint=on_checkpoint if run_id else None,
+            progress=progress, on_checkpoint=on_checkpoint if dist.main else None,
             meta={"dataset_id": ds.id, "training_run_id": run_id, **choices(p)},
             labels=None if labels is None else labels[0],
             val_labels=None if labels is None else labels[1], class_names=names,
         )
     except BaseException as exc:
-        if run_id:
+        if dist.main:  # only rank 0 writes rows (and checkpoints, the loss curve)
             with session_scope(ctx.sessions) as s:
                 r = s.get_one(TrainingRun, run_id)
                 r.status = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
                 r.provenance = {**r.provenance, "error": repr(exc)[:2000]}
         raise
-    if not dist.main or run_id is None:
+    if not dist.main:
         return None
     plot_loss_curve(result.loss_curve, out / "loss_curve.png",
                     f"D-DDPM {class_label} ({variant}), seed {seed}")
