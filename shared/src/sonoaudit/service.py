@@ -27,6 +27,8 @@ from sonoaudit.correlation import correlation_id
 access_log = logging.getLogger("sonoaudit.access")
 
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
+# Says why a request may not read /dead-letters (None: it may).
+OpsGuard = Callable[[Request], str | None]
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,8 +62,11 @@ def _route_label(request: Request) -> str:
     return str(getattr(route, "path", "unmatched"))
 
 
-def base_app(name: str, lifespan: Any, ready: ReadyCheck, **kwargs: Any) -> FastAPI:
-    """A FastAPI app with /healthz, /readyz, /metrics and correlation-id middleware."""
+def base_app(name: str, lifespan: Any, ready: ReadyCheck, *,
+             dead_letters_guard: OpsGuard | None = None, **kwargs: Any) -> FastAPI:
+    """A FastAPI app with /healthz, /readyz, /metrics, /dead-letters and correlation-id
+    middleware. ``dead_letters_guard`` (e.g. a token check on a service reached by people
+    outside the cluster) returns why a request may not read the dead letters → 403."""
     app = FastAPI(title=f"sonoaudit {name}", lifespan=lifespan, **kwargs)
     registry = CollectorRegistry()
     requests = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"],
@@ -104,9 +109,17 @@ def base_app(name: str, lifespan: Any, ready: ReadyCheck, **kwargs: Any) -> Fast
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    @app.get("/dead-letters", tags=["ops"], responses={503: {"description": "not ready"}})
+    dl_responses: dict[int | str, dict[str, Any]] = {503: {"description": "not ready"}}
+    if dead_letters_guard is not None:
+        dl_responses[403] = {"description": "token missing or wrong"}
+
+    @app.get("/dead-letters", tags=["ops"], responses=dl_responses)
     async def dead_letters(request: Request, limit: int = Query(100, ge=1, le=1000)) -> Any:
         """Messages given up on (poison, or past max_deliver), newest first."""
+        if dead_letters_guard is not None:
+            denied = dead_letters_guard(request)
+            if denied is not None:
+                return JSONResponse({"detail": denied}, status_code=403)
         runtime = getattr(request.app.state, "runtime", None)
         if runtime is None:
             return []

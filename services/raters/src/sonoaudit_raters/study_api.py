@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,15 @@ class StudyIn(BaseModel):
     seed: int = 0
     config: dict[str, Any] | None = None
     readers: list[str] = Field(default_factory=list)
+
+
+def upload_name(filename: str | None) -> str:
+    """A printable name for an uploaded file: the client's last path component, control
+    characters dropped, at most 100 characters; ``upload.csv`` when nothing usable is left
+    (no name, ``.``, ``..``)."""
+    base = re.split(r"[/\\]", filename or "")[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip()[:100]
+    return base if base.strip(".") else "upload.csv"
 
 
 def build_router(runtime: ServiceRuntime) -> APIRouter:
@@ -437,12 +447,13 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
             problem = StudyError("file: expected a CSV upload in form field 'file'",
                                  field="file")
             return error_page(problem) if wants_html else json_error(problem)
-        name = Path(upload.filename or "upload.csv").name
+        # The client's file name is only shown (messages, import meta), never used as a path.
+        name = upload_name(upload.filename)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
+            path = Path(tmp) / "upload.csv"
             path.write_bytes(await upload.read())
             try:
-                rep = await call(export.import_answers, ctx(), study_id, path)
+                rep = await call(export.import_answers, ctx(), study_id, path, name=name)
             except export.ImportProblems as exc:
                 if wants_html:
                     return page("error.html", 422, title="Nothing imported",

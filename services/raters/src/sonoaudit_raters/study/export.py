@@ -118,24 +118,33 @@ def _parse_time(raw: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def import_answers(ctx: AppContext, study_id: str, csv_path: Path | str) -> ImportReport:
+def import_answers(ctx: AppContext, study_id: str, csv_path: Path | str, *,
+                   name: str | None = None) -> ImportReport:
     """Import long-format ratings (columns item, reader, question, answer; optional time,
     time_on_item_ms, study, source, ground_truth). Every row is checked before anything is
-    written; importing the same file again records nothing new."""
+    written; importing the same file again records nothing new. ``name`` is what messages and
+    the answers' ``meta.source_file`` call the file (an upload's own name, not the server's
+    temporary path); default: the path."""
     path = Path(csv_path)
+    shown, short = (name, name) if name else (str(path), path.name)
     data = path.read_bytes()
     file_sha = hashlib.sha256(data).hexdigest()
     problems: list[str] = []
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ImportProblems(str(path), [f"{path}: not UTF-8 text"]) from None
+        raise ImportProblems(shown, [f"{shown}: not UTF-8 text"]) from None
     reader_csv = csv.DictReader(io.StringIO(text))
-    header = reader_csv.fieldnames or []
+    try:
+        header = list(reader_csv.fieldnames or [])
+        rows = list(reader_csv)
+    except csv.Error as exc:  # e.g. a field past csv.field_size_limit()
+        raise ImportProblems(shown, [f"{short}:{reader_csv.reader.line_num}: not readable as CSV "
+                                     f"({exc})"]) from None
     missing = [c for c in IMPORT_REQUIRED if c not in header]
     if missing:
         raise ImportProblems(
-            str(path), [f"{path}: missing column(s) {missing}; header is {header}"])
+            shown, [f"{shown}: missing column(s) {missing}; header is {header}"])
     with ctx.sessions() as s:
         study = s.get(Study, study_id)
         if study is None:
@@ -146,8 +155,8 @@ def import_answers(ctx: AppContext, study_id: str, csv_path: Path | str) -> Impo
         readers = {r.name: r.id for r in s.scalars(select(Reader)
                                                    .where(Reader.study_id == study_id))}
     parsed: list[tuple[int, StudyItem, str, str, str, datetime | None, int | None]] = []
-    for line, row in enumerate(reader_csv, start=2):
-        where = f"{path.name}:{line}"
+    for line, row in enumerate(rows, start=2):
+        where = f"{short}:{line}"
         if row.get("study") and row["study"] not in (study.id, study.name):
             problems.append(f"{where}: study {row['study']!r} is not this study "
                             f"({study.id} / {study.name!r})")
@@ -193,7 +202,7 @@ def import_answers(ctx: AppContext, study_id: str, csv_path: Path | str) -> Impo
                                 "an integer")
         parsed.append((line, item, name, q.key, value, when, ms))
     if problems:
-        raise ImportProblems(str(path), problems)
+        raise ImportProblems(shown, problems)
     created: list[str] = []
     recorded = duplicates = 0
     with session_scope(ctx.sessions) as s:
@@ -217,7 +226,7 @@ def import_answers(ctx: AppContext, study_id: str, csv_path: Path | str) -> Impo
             s.add(Answer(study_id=study_id, item_id=item.id, reader_id=readers[name],
                          question=question, value=value, client_event_id=cid,
                          time_on_item_ms=ms, imported=True,
-                         meta={"source_file": path.name, "file_sha256": file_sha, "line": line},
+                         meta={"source_file": short, "file_sha256": file_sha, "line": line},
                          **({"created_at": when} if when else {})))
             recorded += 1
     return ImportReport(len(parsed), recorded, duplicates, created)
