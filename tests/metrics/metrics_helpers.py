@@ -36,3 +36,15 @@ def write_pairs(root: Path, samples: list[ImageSample]) -> Path:
         if s.mask is not None:
             PILImage.fromarray(s.mask.astype(np.uint8) * 255).save(d / f"{s.name}_mask.png")
     return root
+
+
+def truncated_dataset(root: Path, n_per_class: int = 3) -> tuple[Path, Path]:
+    """A small phantom BUS-BRA-layout dataset with its second image cut in half (an unreadable
+    PNG that ``datasets inspect`` flags); (dataset root, the damaged file)."""
+    from sonoaudit.datasets.phantom import write_phantom
+
+    write_phantom(root, n_per_class=n_per_class, size=64)
+    bad = sorted((root / "Images").glob("*.png"))[1]
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    return root, bad

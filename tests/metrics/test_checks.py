@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from metrics_helpers import speckle_sample, write_pairs
+from metrics_helpers import speckle_sample, truncated_dataset, write_pairs
 from PIL import Image as PILImage
 from sonoaudit_metrics.checks import diversity, memorisation
 from sonoaudit_metrics.distances import inception_score
@@ -152,6 +152,23 @@ def test_folder_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(SampleError, match=re.escape(
             f"{tmp_path / 'nope'}: no such folder (and no results store to look the id up in)")):
         load_ref(str(tmp_path / "nope"))
+
+
+def test_a_dataset_folder_that_fails_validation_is_refused_naming_the_file(
+        tmp_path: Path) -> None:
+    """One truncated PNG among 6: an error naming it, not a score of the other 5."""
+    root, bad = truncated_dataset(tmp_path / "ds")
+    with pytest.raises(SampleError) as err:
+        load_dir(root)
+    msg = str(err.value)
+    assert msg.startswith(f"{root}: the busbra dataset fails validation, 1 problem(s): "
+                          f"{bad}: unreadable image (")
+    assert "truncated" in msg.lower() and f"sonoaudit datasets inspect {root}" in msg
+    with pytest.raises(SampleError, match=re.escape(f"{bad}: unreadable image")):
+        load_ref(str(root), size=64)  # the preprocessed read refuses it too
+    bad.unlink()  # a missing image listed in bus_data.csv is a problem as well
+    with pytest.raises(SampleError, match=re.escape(f"{root}: the busbra dataset fails")):
+        load_dir(root)
 
 
 def is_weights_file(path: Path, weight: torch.Tensor, nested: bool = False) -> Path:

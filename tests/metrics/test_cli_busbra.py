@@ -111,6 +111,22 @@ def test_cli_text_summary_and_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("store", ["--store", "--no-store"])
+def test_cli_real_dataset_with_a_truncated_png_is_an_error_not_a_smaller_set(
+        tmp_path: Path, store: str) -> None:
+    from metrics_helpers import speckle_sample, truncated_dataset
+
+    real, bad = truncated_dataset(tmp_path / "ds")
+    syn = write_pairs(tmp_path / "s", [speckle_sample(f"s{i}", 9 + i) for i in range(3)])
+    env = {"SONOAUDIT_HOME": str(tmp_path / "home"), "SONOAUDIT_METRICS_KID_SUBSETS": "5"}
+    res = CliRunner().invoke(app, ["metrics", "--real", str(real), "--synthetic", str(syn),
+                                   "--json", store], env=env)
+    assert res.exit_code == 2 and res.stdout == "" and "Traceback" not in res.output
+    last = res.stderr.splitlines()[-1]
+    assert last.startswith(f"error: {real}: the busbra dataset fails validation, 1 problem(s): "
+                           f"{bad}: unreadable image (")
+
+
+@pytest.mark.parametrize("store", ["--store", "--no-store"])
 def test_cli_weights_missing_and_nan_results_are_one_line_errors(
         tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from metrics_helpers import speckle_sample

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from metrics_helpers import speckle_sample, write_pairs
+from metrics_helpers import speckle_sample, truncated_dataset, write_pairs
 from sonoaudit.context import build_context
 from sonoaudit.db.migrate import upgrade
 from sonoaudit.db.models import MetricRun
@@ -94,6 +94,20 @@ def test_inline_post_stores_a_run_with_provenance(tmp_path: Path, sqlite_url: st
         # only the successful run has results; the refused inputs are recorded as failed
         assert sorted(r.status for r in runs) == ["done", "failed", "failed"]
         assert all(not r.results and r.error for r in runs if r.status == "failed")
+
+
+def test_inline_post_real_dataset_failing_validation_is_422_naming_the_file(
+        tmp_path: Path, sqlite_url: str, sets: tuple[str, str]) -> None:
+    upgrade(sqlite_url)
+    settings = Settings(home=tmp_path / "home", database_url=sqlite_url)
+    real, bad = truncated_dataset(tmp_path / "ds")
+    with TestClient(create_app(settings, msettings(tmp_path))) as client:
+        wait_ready(client)
+        r = client.post("/metrics", json={"real_ref": str(real), "synthetic_ref": sets[1]})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"].startswith(
+            f"{real}: the busbra dataset fails validation, 1 problem(s): "
+            f"{bad}: unreadable image (")
 
 
 @pytest.mark.integration

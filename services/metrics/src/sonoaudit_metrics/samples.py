@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from sonoaudit.context import AppContext
 
 
+MAX_PROBLEMS_SHOWN = 5
+
+
 class SampleError(ValueError):
     """A set cannot be scored; the message names the file or reference at fault."""
 
@@ -108,6 +111,15 @@ def load_dataset_dir(root: Path, size: int | None = None) -> list[ImageSample]:
     if not result.records:
         detail = "; ".join(str(p) for p in result.problems[:5]) or "no images found"
         raise SampleError(f"{root}: no readable images ({detail})")
+    if result.problems:
+        # Never score what is left after dropping a bad file: the set would silently shrink.
+        shown = "; ".join(str(p) for p in result.problems[:MAX_PROBLEMS_SHOWN])
+        more = len(result.problems) - MAX_PROBLEMS_SHOWN
+        raise SampleError(
+            f"{root}: the {result.format} dataset fails validation, "
+            f"{len(result.problems)} problem(s): {shown}"
+            + (f"; … and {more} more" if more > 0 else "")
+            + f" (see `sonoaudit datasets inspect {root}`)")
     out: list[ImageSample] = []
     for rec in result.records:
         try:
