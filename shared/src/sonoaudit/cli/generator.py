@@ -10,6 +10,12 @@ import typer
 from sonoaudit.cli.common import fail, print_json
 
 
+def not_a_folder(out: Path | None) -> None:
+    """Refuse an ``--out`` that exists but is no folder (a file), naming the option."""
+    if out is not None and out.exists() and not out.is_dir():
+        fail(f"--out {out}: exists and is not a folder")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
@@ -26,10 +32,10 @@ def register(app: typer.Typer) -> None:
         prediction: str | None = typer.Option(
             None, help="Network target: epsilon | v. Default: the profile's (epsilon)."),
         out: Path | None = typer.Option(None, help="Output folder (checkpoint, loss curve)."),
-        seed: int = typer.Option(0, help="Seed of weights, batches, noise."),
-        steps: int | None = typer.Option(None, help="Override the profile's step count."),
+        seed: int = typer.Option(0, min=0, help="Seed of weights, batches, noise."),
+        steps: int | None = typer.Option(None, min=1, help="Override the profile's step count."),
         resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
-        threads: int | None = typer.Option(None, help="torch CPU threads."),
+        threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
     ) -> None:
         """Train a joint image+mask DDPM: one per class, or one class-conditional model
         (--class all). Under torchrun, trains with DDP."""
@@ -47,7 +53,8 @@ def register(app: typer.Typer) -> None:
                                      ("--prediction", prediction, PREDICTIONS)):
             if value is not None and value not in allowed:
                 fail(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
-        if threads:
+        not_a_folder(out)
+        if threads is not None:
             torch.set_num_threads(threads)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1:
@@ -78,14 +85,15 @@ def register(app: typer.Typer) -> None:
         class_label: str | None = typer.Option(
             None, "--class", help="Class to sample: required for a class-conditional model "
             "(one of its classes); a per-class model samples only its own class."),
-        n: int = typer.Option(16, "--n", help="Number of image/mask pairs."),
+        n: int = typer.Option(16, "--n", min=1, help="Number of image/mask pairs."),
         sampler: str = typer.Option("ddpm", help="ddpm (ancestral) | ddim | dpmpp."),
-        steps: int | None = typer.Option(None, help="Denoising steps (default: T, 50, 25)."),
-        seed: int = typer.Option(0),
+        steps: int | None = typer.Option(None, min=1,
+                                         help="Denoising steps (default: T, 50, 25)."),
+        seed: int = typer.Option(0, min=0),
         out: Path | None = typer.Option(None, help="Folder for PNG pairs + manifest.json."),
-        batch_size: int = typer.Option(16, help="Samples per batch."),
+        batch_size: int = typer.Option(16, min=1, help="Samples per batch."),
         backend: str = typer.Option("torch", help="torch | onnx (ONNX Runtime)."),
-        threads: int | None = typer.Option(None, help="torch CPU threads."),
+        threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
     ) -> None:
         """Generate aligned image/mask PNG pairs, run mask QC, register them in the store."""
         import torch
@@ -94,7 +102,8 @@ def register(app: typer.Typer) -> None:
 
         from sonoaudit.cli.common import context
 
-        if threads:
+        not_a_folder(out)
+        if threads is not None:
             torch.set_num_threads(threads)
         ctx = context()
         try:
