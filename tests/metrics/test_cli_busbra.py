@@ -110,6 +110,26 @@ def test_cli_text_summary_and_errors(tmp_path: Path) -> None:
                           "dataset or generation run id\n")
 
 
+def test_cli_unknown_or_absent_class_names_the_classes_there(tmp_path: Path) -> None:
+    from metrics_helpers import speckle_sample
+
+    real = write_pairs(tmp_path / "r", [speckle_sample(f"r{i}", i, label=lab) for i, lab in
+                                        enumerate(["benign", "benign", "malignant"])])
+    syn = write_pairs(tmp_path / "s", [speckle_sample(f"s{i}", 9 + i) for i in range(3)])
+    env = {"SONOAUDIT_HOME": str(tmp_path / "home"), "SONOAUDIT_METRICS_KID_SUBSETS": "5"}
+    base = ["metrics", "--real", str(real), "--synthetic", str(syn), "--no-store"]
+    foo = CliRunner().invoke(app, [*base, "--class", "foo"], env=env)
+    assert foo.exit_code == 2 and foo.stdout == ""
+    assert foo.stderr == ("error: unknown class 'foo' (classes here: real benign 2, malignant 1; "
+                          "synthetic none (its images carry no class label); a class is one of "
+                          "benign, malignant, normal)\n")
+    normal = CliRunner().invoke(app, [*base, "--class", "normal"], env=env)
+    assert normal.exit_code == 2
+    assert normal.stderr == (f"error: no 'normal' images in the real set {real} (classes here: "
+                             "real benign 2, malignant 1; synthetic none (its images carry no "
+                             "class label))\n")
+
+
 @pytest.mark.parametrize("store", ["--store", "--no-store"])
 def test_cli_real_dataset_with_a_truncated_png_is_an_error_not_a_smaller_set(
         tmp_path: Path, store: str) -> None:

@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sonoaudit.datasets.records import CLASSES
 from sonoaudit.db.models import MetricRun
 from sqlalchemy import select
 
@@ -51,6 +52,35 @@ PREPROCESS_RULE = ("sonoaudit.datasets.pairs.preprocess (what the generator trai
 SYNTHETIC_KINDS = ("pairs", "generation_run")
 
 
+def class_list(samples: list[ImageSample]) -> str:
+    """'benign 40, malignant 39' (fixed class order), or that there is none."""
+    counts: dict[str, int] = {}
+    for x in samples:
+        if x.class_label is not None:
+            counts[x.class_label] = counts.get(x.class_label, 0) + 1
+    if not counts:
+        return "none (its images carry no class label)"
+    order = [c for c in CLASSES if c in counts] + sorted(set(counts) - set(CLASSES))
+    return ", ".join(f"{c} {counts[c]}" for c in order)
+
+
+def check_class(ctx: AppContext | None, class_label: str, refs: dict[str, str]) -> None:
+    """Raise for a ``--class`` that left a side empty, naming the classes each side does have:
+    "unknown class 'foo' (classes here: …)" for a name that is no class, else "no 'normal'
+    images in the real set … (classes here: …)". Reads the sets again unfiltered (error path
+    only)."""
+    sides = {side: load_ref(ref, ctx)[0] for side, ref in refs.items()}
+    here = "; ".join(f"{side} {class_list(samples)}" for side, samples in sides.items())
+    present = {x.class_label for samples in sides.values() for x in samples}
+    if class_label not in CLASSES and class_label not in present:
+        raise SampleError(f"unknown class {class_label!r} (classes here: {here}; a class is "
+                          f"one of {', '.join(CLASSES)})")
+    for side, samples in sides.items():
+        if not any(x.class_label == class_label for x in samples):
+            raise SampleError(f"no {class_label!r} images in the {side} set {refs[side]} "
+                              f"(classes here: {here})")
+
+
 def load_sets(ctx: AppContext | None, real_ref: str, synthetic_ref: str,
               class_label: str | None = None
               ) -> tuple[list[ImageSample], list[ImageSample], dict[str, Any]]:
@@ -61,6 +91,8 @@ def load_sets(ctx: AppContext | None, real_ref: str, synthetic_ref: str,
     synthetic, syn_kind = load_ref(synthetic_ref, ctx, class_label)
     size = square_size(synthetic) if syn_kind in SYNTHETIC_KINDS else None
     real, real_kind = load_ref(real_ref, ctx, class_label, size=size)
+    if class_label is not None and (not real or not synthetic):
+        check_class(ctx, class_label, {"real": real_ref, "synthetic": synthetic_ref})
     warnings: list[str] = []
     geometry: dict[str, Any]
     if real_kind == "dataset" and size is not None:
