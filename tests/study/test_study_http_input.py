@@ -4,9 +4,11 @@ anyone."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
+import pytest
 from sonoaudit.db.models import Answer, DeadLetter
 from sonoaudit.db.session import session_scope
 from sonoaudit_raters.study import add_reader, create_study, rows_to_csv
@@ -104,3 +106,76 @@ def test_dead_letters_closed_without_a_creator_token(store: Any, monkeypatch: An
         for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer x"}):
             r = c.get("/dead-letters", headers=headers)
             assert r.status_code == 403 and "is not set" in r.json()["detail"]
+
+
+def test_time_on_item_must_be_whole_milliseconds(store: Any, live: Any) -> None:
+    sid, _, t1 = _study(store)
+    key = view_for_token(store.ctx, t1).items[0].item_key
+    form = {"item_key": key, "step": "read", "class": "benign", "confidence": "40"}
+    with httpx.Client(base_url=live.url) as c:
+        for n, bad in enumerate(("abc", "1e3", "1.5", "-5", "12 34")):
+            r = c.post(f"/study/r/{t1}/item/1", data=form | {
+                "client_event_id": f"cid-ms-bad-{n}", "time_on_item_ms": bad})
+            assert r.status_code == 422, bad
+            assert "time_on_item_ms must be a whole number of milliseconds" in r.text
+        # the reader's choice is kept on the re-rendered form
+        assert re.search(r'name="class" value="benign"\s+checked', r.text)
+        with store.ctx.sessions() as s:
+            assert s.scalars(select(Answer).where(Answer.study_id == sid)).first() is None
+        ok = c.post(f"/study/r/{t1}/item/1", data=form | {
+            "client_event_id": "cid-ms-good", "time_on_item_ms": " 1500 "},
+            follow_redirects=False)
+        assert ok.status_code == 303
+        empty = c.post(f"/study/r/{t1}/item/1", data=form | {
+            "client_event_id": "cid-ms-none", "time_on_item_ms": ""}, follow_redirects=False)
+        assert empty.status_code == 303  # no timing (no JavaScript) stays allowed
+    with store.ctx.sessions() as s:
+        ms = {a.question: a.time_on_item_ms
+              for a in s.scalars(select(Answer).where(Answer.study_id == sid))}
+    assert ms == {"class": 1500, "confidence": 1500}
+
+
+def test_names_are_at_most_200_characters(store: Any, live: Any, creator_token: str) -> None:
+    sid, admin, t1 = _study(store)
+    auth = {"Authorization": f"Bearer {admin}"}
+    url = f"/study/admin/{sid}/readers"
+    with httpx.Client(base_url=live.url) as c:
+        r = c.post(url, json={"name": "x" * 5000}, headers=auth)
+        assert r.status_code == 422 and r.json()["field"] == "name"
+        assert r.json()["detail"] == "reader name is 5000 characters long; at most 200 allowed"
+        page = c.post(url, data={"name": "y" * 201}, headers=auth)
+        assert page.status_code == 422 and "201 characters long" in page.text
+        assert c.post(url, json={"name": "z" * 200}, headers=auth).status_code == 201
+        study = c.post("/study/admin/studies", headers={
+            "Authorization": f"Bearer {creator_token}"},
+            json={"name": "s" * 201, "real_image_ids": store.real_ids(1)})
+        assert study.status_code == 422 and study.json()["field"] == "name"
+        # an imported reader: the problem names the CSV line, nothing is written
+        key = view_for_token(store.ctx, t1).items[0].item_key
+        rows = [{"item": key, "reader": "r" * 300, "question": "class", "answer": "benign"}]
+        imp = c.post(f"/study/admin/{sid}/import", headers=auth,
+                     files={"file": ("long.csv", rows_to_csv(rows).encode(), "text/csv")})
+        assert imp.status_code == 422
+        assert imp.json()["problems"] == [
+            "long.csv:2: reader name is 300 characters long; at most 200 allowed"]
+    progress = [p["name"] for p in c_progress(store, sid)]
+    assert progress == ["R1", "z" * 200]
+
+
+def c_progress(store: Any, sid: str) -> list[dict[str, Any]]:
+    from sonoaudit_raters.study import progress
+
+    return list(progress(store.ctx, sid))
+
+
+@pytest.mark.integration
+def test_200_character_names_fit_the_postgres_columns(pg_store: Any) -> None:
+    """The limit is the column length (VARCHAR(200) counts characters, not bytes)."""
+    from sonoaudit_raters.study import StudyError
+
+    name = "é" * 200
+    study, _ = create_study(pg_store.ctx, name, pg_store.real_ids(1), [], seed=0)
+    add_reader(pg_store.ctx, study.id, name)
+    with pytest.raises(StudyError, match="201 characters long"):
+        add_reader(pg_store.ctx, study.id, "é" * 201)
+    assert [p["name"] for p in c_progress(pg_store, study.id)] == [name]

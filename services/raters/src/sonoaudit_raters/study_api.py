@@ -22,7 +22,7 @@ from sonoaudit.runtime import ServiceRuntime
 from starlette.concurrency import run_in_threadpool
 
 from sonoaudit_raters.study import export, logs, reading, setup
-from sonoaudit_raters.study.errors import AccessDenied, StudyError
+from sonoaudit_raters.study.errors import AccessDenied, InvalidAnswer, StudyError
 from sonoaudit_raters.study.images import render_image, render_mask_outline
 from sonoaudit_raters.study.reading import ReaderView
 from sonoaudit_raters.study.settings import StudySettings
@@ -184,11 +184,19 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
             got = [v for v in form.getlist(k) if isinstance(v, str)]
             values[k] = got if len(got) != 1 else got[0]
         ms_raw = form.get("time_on_item_ms")
+        ms: int | None = None
+        bad_ms: StudyError | None = None
+        if isinstance(ms_raw, str) and ms_raw.strip():
+            # Whole milliseconds only (read.js sends Math.round); '1e3', '1.5', 'abc' → 422.
+            if re.fullmatch(r"[0-9]{1,12}", ms_raw.strip()):
+                ms = int(ms_raw)
+            else:
+                bad_ms = InvalidAnswer(
+                    f"time_on_item_ms must be a whole number of milliseconds, got "
+                    f"{ms_raw[:40]!r}", field="time_on_item_ms")
         try:
-            ms = int(ms_raw) if isinstance(ms_raw, str) and ms_raw else None
-        except ValueError:
-            ms = None
-        try:
+            if bad_ms is not None:
+                raise bad_ms
             result = await call(
                 reading.submit, ctx(), token, str(form.get("item_key") or ""),
                 str(form.get("step") or ""), values,

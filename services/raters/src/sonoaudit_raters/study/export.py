@@ -19,7 +19,7 @@ from sonoaudit.db.session import session_scope
 from sqlalchemy import select
 
 from sonoaudit_raters.study.errors import ImportProblems, NotFound
-from sonoaudit_raters.study.setup import load_config, new_reader
+from sonoaudit_raters.study.setup import MAX_NAME_LEN, load_config, new_reader
 
 # The first eight are the long format every consumer relies on; the rest add context.
 COLUMNS = (
@@ -173,6 +173,9 @@ def import_answers(ctx: AppContext, study_id: str, csv_path: Path | str, *,
         name = (row.get("reader") or "").strip()
         if not name:
             problems.append(f"{where}: reader is empty")
+        elif len(name) > MAX_NAME_LEN:
+            problems.append(f"{where}: reader name is {len(name)} characters long; at most "
+                            f"{MAX_NAME_LEN} allowed")
         q = cfg.question((row.get("question") or "").strip())
         if q is None:
             problems.append(f"{where}: question {row.get('question')!r} not in this study "

@@ -31,6 +31,19 @@ from sonoaudit_raters.study.ordering import reader_order
 from sonoaudit_raters.study.tokens import hash_token, new_item_key, new_token, token_matches
 
 PROTOCOL_VERSION = "reader-study/1"
+# Study and reader names: the length of their columns (studies.name, readers.name).
+MAX_NAME_LEN = 200
+
+
+def check_name(name: str, what: str, field: str = "name") -> str:
+    """``name`` stripped; StudyError (naming ``field``) when empty or over MAX_NAME_LEN."""
+    name = name.strip()
+    if not name:
+        raise StudyError(f"{what} name is empty", field=field)
+    if len(name) > MAX_NAME_LEN:
+        raise StudyError(f"{what} name is {len(name)} characters long; at most {MAX_NAME_LEN} "
+                         "allowed", field=field)
+    return name
 
 
 def select_images(
@@ -109,8 +122,7 @@ def create_study(
     if n_repeats is not None:
         cfg = cfg.model_copy(update={"n_repeats": n_repeats})
     groups = {"real": list(real_image_ids), "synthetic": list(synthetic_image_ids)}
-    if not name.strip():
-        raise StudyError("study name is empty", field="name")
+    name = check_name(name, "study")
     if not groups["real"] and not groups["synthetic"]:
         raise EmptyStudy(
             f"study {name!r} has no images: both real_image_ids and synthetic_image_ids are empty "
@@ -184,9 +196,7 @@ def _enrol(s: Session, study: Study, reader: Reader) -> None:
 def new_reader(s: Session, study: Study, name: str, *, simulated: bool = False,
                imported: bool = False) -> tuple[Reader, str]:
     """Enrol a reader inside the caller's transaction; returns (reader, token)."""
-    name = name.strip()
-    if not name:
-        raise StudyError("reader name is empty", field="name")
+    name = check_name(name, "reader")
     if s.scalar(select(Reader.id).where(Reader.study_id == study.id, Reader.name == name)):
         raise StudyError(f"study {study.id} already has a reader named {name!r}", field="name")
     token = new_token()
