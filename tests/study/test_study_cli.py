@@ -86,3 +86,18 @@ def test_cli_errors_are_clear(cli_env: Any, tmp_path: Path) -> None:
     res = runner.invoke(app, ["study", "create", "x", "--dataset", cli_env.dataset_id,
                               "--config", str(bad_cond)])
     assert res.exit_code == 2 and "llm.condition" in res.output and "side_by_side" in res.output
+
+
+def test_unknown_study_fails_every_subcommand(cli_env: Any, tmp_path: Path) -> None:
+    runner = CliRunner()
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("item,reader,question,answer\n")
+    for args in (["progress", "nope"], ["add-reader", "nope", "X"], ["revoke", "nope", "r1"],
+                 ["export", "nope", "--out", str(tmp_path / "a.csv")],
+                 ["export", "nope", "--out", str(tmp_path / "a.json")],
+                 ["import", "nope", str(ratings)], ["simulate", "nope"]):
+        res = runner.invoke(app, ["study", *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert "error: study 'nope' not found" in res.output, (args, res.output)
+        assert "[]" not in res.output
+    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "a.json").exists()

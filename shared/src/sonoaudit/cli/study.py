@@ -134,13 +134,16 @@ def revoke_cmd(study: str = typer.Argument(...), reader_id: str = typer.Argument
 @study_app.command("progress")
 def progress_cmd(study: str = typer.Argument(...)) -> None:
     """Images complete per reader."""
-    from sonoaudit_raters.study import progress
+    from sonoaudit_raters.study import StudyError, progress
 
     ctx = context()
     try:
-        print_json(progress(ctx, study))
+        rows = progress(ctx, study)
+    except StudyError as exc:
+        fail(str(exc))
     finally:
         ctx.close()
+    print_json(rows)
 
 
 @study_app.command("export")

@@ -259,6 +259,8 @@ def progress(ctx: AppContext, study_id: str) -> list[dict[str, Any]]:
     """Per reader: items complete / assigned (cases, not answers), last activity, status."""
     out: list[dict[str, Any]] = []
     with ctx.sessions() as s:
+        if s.get(Study, study_id) is None:
+            raise NotFound(f"study {study_id!r} not found", field="study_id")
         readers = s.scalars(select(Reader).where(Reader.study_id == study_id)
                             .order_by(Reader.created_at, Reader.name)).all()
         for reader in readers:

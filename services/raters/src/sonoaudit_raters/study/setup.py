@@ -231,6 +231,8 @@ def reader_link(base_url: str, token: str) -> str:
 def revoke_reader(ctx: AppContext, study_id: str, reader_id: str) -> None:
     """The reader's link stops working; their answers stay."""
     with session_scope(ctx.sessions) as s:
+        if s.get(Study, study_id) is None:
+            raise NotFound(f"study {study_id!r} not found", field="study_id")
         reader = s.get(Reader, reader_id)
         if reader is None or reader.study_id != study_id:
             raise NotFound(f"reader {reader_id!r} not in study {study_id}", field="reader_id")
