@@ -41,7 +41,7 @@ def test_cli_round_trip(cli_env: Any, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(csv_path.open()))
     assert len(rows) == 7 * 2 * 2  # no LLM answers in this store: class + confidence only
-    assert all(r["simulated"] == "True" for r in rows)
+    assert all(r["simulated"] == r["study_has_simulated_readers"] == "True" for r in rows)
     assert all(r["answer"] == r["ground_truth"] for r in rows if r["question"] == "class")
     ext = tmp_path / "ext.csv"
     with ext.open("w", newline="") as fh:
@@ -56,6 +56,10 @@ def test_cli_round_trip(cli_env: Any, tmp_path: Path) -> None:
     assert res.exit_code == 0
     data = json.loads((tmp_path / "all.json").read_text())
     assert data["study"]["simulated"] is True and len(data["rows"]) == 28 + 14
+    # the imported reader is no simulated reader; the study has simulated readers
+    assert {(r["reader"], r["simulated"], r["study_has_simulated_readers"])
+            for r in data["rows"]} == {("simulated-1", True, True), ("simulated-2", True, True),
+                                       ("outside", False, True)}
 
 
 def test_cli_errors_are_clear(cli_env: Any, tmp_path: Path) -> None:

@@ -289,7 +289,7 @@ def test_export_hidden_columns_and_import_roundtrip(store: Any, add_llm: Any,
     for row in rows:
         img = images[row["image_id"]]
         assert row["source"] == img.source and row["ground_truth"] == img.class_label
-        assert row["simulated"] is True
+        assert row["simulated"] is True and row["study_has_simulated_readers"] is True
         if row["question"] == "class":
             assert row["answer"] == img.class_label  # accuracy=1.0
         if row["question"] == "llm_match":
@@ -406,3 +406,49 @@ def test_custom_questions_and_llm_filter(store: Any, add_llm: Any) -> None:
         create_study(store.ctx, "bad", real, [], config={"questions": [
             {"key": "q", "kind": "scale", "stage": "read", "prompt": "?", "min": 0, "max": 10,
              "step": 3}]})
+
+
+def test_export_flags_simulated_per_reader(store: Any, tmp_path: Path) -> None:
+    """A real reader, an imported reader and a simulated panel in one study: ``simulated`` is
+    per row (that reader), ``study_has_simulated_readers`` says the study has any; the report
+    keeps its SIMULATED banner and lists each reader's own flag."""
+    from sonoaudit_raters.report.render import build_report
+    from sonoaudit_raters.report.study_data import load_study
+
+    study, _ = create_study(store.ctx, "mixed", store.real_ids(1), store.synthetic_ids(1),
+                            seed=2)
+    tok = add_reader(store.ctx, study.id, "Dr Real")
+    items = view_for_token(store.ctx, tok).items
+    for k, it in enumerate(items):
+        submit(store.ctx, tok, it.item_key, "read", {"class": "benign", "confidence": "60"},
+               client_event_id=f"real-reader-{k}")
+    ext = tmp_path / "ext.csv"
+    ext.write_text(rows_to_csv([{"item": it.item_key, "reader": "Dr Elsewhere",
+                                 "question": "class", "answer": "malignant"} for it in items]))
+    import_answers(store.ctx, study.id, ext)
+    before = export_answers(store.ctx, study.id)
+    assert {(r["reader"], r["simulated"], r["study_has_simulated_readers"]) for r in before} == {
+        ("Dr Real", False, False), ("Dr Elsewhere", False, False)}
+    assert not build_report(store.ctx, study.id, n_boot=0).json["simulated"]
+    simulate_panel(store.ctx, study.id, n_readers=1, accuracy=1.0, seed=0)
+    rows = export_answers(store.ctx, study.id)
+    per_reader = {(r["reader"], r["simulated"]) for r in rows}
+    assert per_reader == {("Dr Real", False), ("Dr Elsewhere", False), ("simulated-1", True)}
+    assert all(r["study_has_simulated_readers"] is True for r in rows)
+    # 4 items: Dr Real class+confidence, Dr Elsewhere class, simulated-1 class+confidence
+    assert len(rows) == 4 * 2 + 4 + 4 * 2
+    text = rows_to_csv(rows)
+    header = text.splitlines()[0].split(",")
+    assert header[-1] == "study_has_simulated_readers"
+    csv_rows = list(csv.DictReader(text.splitlines()))
+    assert {(r["reader"], r["simulated"], r["study_has_simulated_readers"])
+            for r in csv_rows} == {("Dr Real", "False", "True"),
+                                   ("Dr Elsewhere", "False", "True"),
+                                   ("simulated-1", "True", "True")}
+    data = load_study(store.ctx, study.id)
+    assert {r["name"]: r["simulated"] for r in data.readers} == {
+        "Dr Real": False, "Dr Elsewhere": False, "simulated-1": True}
+    report = build_report(store.ctx, study.id, n_boot=0)
+    assert report.json["simulated"] is True and "SIMULATED reader panel" in report.html
+    assert {r["name"]: r["simulated"] for r in report.json["readers"]} == {
+        "Dr Real": False, "Dr Elsewhere": False, "simulated-1": True}

@@ -81,7 +81,7 @@ def load_study(ctx: AppContext, study_id: str) -> StudyData:
         item_d = [{"item": i.item_key, "item_id": i.id, "image_id": i.image_id,
                    "source": i.source, "ground_truth": i.ground_truth, "dataset": i.dataset,
                    "repeat_of": key_of.get(i.repeat_of or "")} for i in items]
-        reader_d = [{"name": r.name, "id": r.id, "simulated": r.simulated or study.simulated,
+        reader_d = [{"name": r.name, "id": r.id, "simulated": r.simulated,
                      "imported": getattr(r, "imported", False),
                      "revoked": r.revoked_at is not None} for r in readers]
         img_d = {i.id: {"id": i.id, "sha256": i.sha256, "path": i.path, "mask_path": i.mask_path,

@@ -26,6 +26,7 @@ COLUMNS = (
     "study", "item", "reader", "question", "answer", "time", "source", "ground_truth",
     "study_name", "reader_id", "time_on_item_ms", "n_events", "edited", "imported", "simulated",
     "image_id", "repeat_of", "dataset", "llm_label", "llm_classification_id",
+    "study_has_simulated_readers",
 )
 IMPORT_REQUIRED = ("item", "reader", "question", "answer")
 
@@ -42,6 +43,8 @@ def export_answers(ctx: AppContext, study_id: str) -> list[dict[str, Any]]:
         readers = {r.id: r for r in s.scalars(select(Reader).where(Reader.study_id == study_id))}
         events = s.scalars(select(Answer).where(Answer.study_id == study_id)
                            .order_by(Answer.id)).all()
+    # ``simulated`` is per row (this reader); the study-level flag says whether any reader is.
+    has_simulated = study.simulated or any(r.simulated for r in readers.values())
     grouped: dict[tuple[str, str, str], list[Answer]] = {}
     for a in events:
         grouped.setdefault((a.reader_id, a.item_id, a.question), []).append(a)
@@ -57,10 +60,11 @@ def export_answers(ctx: AppContext, study_id: str) -> list[dict[str, Any]]:
             "source": item.source, "ground_truth": item.ground_truth, "study_name": study.name,
             "reader_id": reader.id, "time_on_item_ms": last.time_on_item_ms,
             "n_events": len(evs), "edited": len(evs) > 1, "imported": last.imported,
-            "simulated": reader.simulated or study.simulated, "image_id": item.image_id,
+            "simulated": reader.simulated, "image_id": item.image_id,
             "repeat_of": items[item.repeat_of].item_key if item.repeat_of else None,
             "dataset": item.dataset, "llm_label": last.meta.get("llm_label"),
             "llm_classification_id": last.meta.get("llm_classification_id"),
+            "study_has_simulated_readers": has_simulated,
         })
     rows.sort(key=lambda r: (r["reader"], r["item"], r["question"]))
     return rows
