@@ -61,7 +61,12 @@ def test_dataset_folder_is_read_as_padded_squares_and_a_copy_is_flagged(
         np.testing.assert_array_equal(by_name[rec.name].mask, want_msk)
     assert info["real_geometry"]["mode"] == "preprocessed"
     assert info["real_geometry"]["size"] == 64 and info["real_geometry"]["computed"] == 6
-    assert info["warnings"] == []
+    # no geometry warning; only that the (unlabelled) synthetic set is scored against both classes
+    counts = scan(real_dir).counts
+    assert info["warnings"] == [
+        "the synthetic images carry no class label: scored as one set against every real image "
+        f"(benign {counts['benign']}, malignant {counts['malignant']}); pass --class C when the "
+        "synthetic set is all one class"]
 
     rng = np.random.default_rng(0)  # features that match nothing: the flag must come from SSIM
     fr, fs = rng.normal(size=(len(real), 8)), rng.normal(size=(len(syn), 8))

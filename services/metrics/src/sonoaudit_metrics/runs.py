@@ -88,11 +88,27 @@ def load_sets(ctx: AppContext | None, real_ref: str, synthetic_ref: str,
     images (all squares of one size S) is read as its S×S preprocessed copies, the geometry the
     generator was trained on and emits, so FID/KID, mask areas and memorisation compare like
     with like; ``info`` (kinds, ``real_geometry``, ``warnings``) goes into the provenance."""
-    synthetic, syn_kind = load_ref(synthetic_ref, ctx, class_label)
+    class_warnings: list[str] = []
+    scope: dict[str, Any] | None = None
+    synthetic, syn_kind = load_ref(synthetic_ref, ctx)
+    if class_label is not None:
+        if synthetic and all(x.class_label is None for x in synthetic):
+            scope = {"class_label": class_label, "chosen": "given", "reason": (
+                f"the synthetic images carry no class label: all {len(synthetic)} taken as "
+                f"{class_label!r}")}
+            class_warnings.append(scope["reason"])
+        else:
+            synthetic = [x for x in synthetic if x.class_label == class_label]
     size = square_size(synthetic) if syn_kind in SYNTHETIC_KINDS else None
     real, real_kind = load_ref(real_ref, ctx, class_label, size=size)
     if class_label is not None and (not real or not synthetic):
         check_class(ctx, class_label, {"real": real_ref, "synthetic": synthetic_ref})
+    if class_label is None:
+        class_label, scope, warning = match_class(real, synthetic)
+        if class_label is not None:
+            real = [x for x in real if x.class_label == class_label]
+        if warning:
+            class_warnings.append(warning)
     warnings: list[str] = []
     geometry: dict[str, Any]
     if real_kind == "dataset" and size is not None:
@@ -110,8 +126,46 @@ def load_sets(ctx: AppContext | None, real_ref: str, synthetic_ref: str,
     else:
         geometry = {"mode": "as given", "reason": f"the real set is a {real_kind} folder"}
     info = {"real_ref": real_ref, "synthetic_ref": synthetic_ref, "real_kind": real_kind,
-            "synthetic_kind": syn_kind, "real_geometry": geometry, "warnings": warnings}
+            "synthetic_kind": syn_kind, "real_geometry": geometry,
+            "warnings": [*warnings, *class_warnings],
+            "class_label": class_label}
+    if scope is not None:
+        info["class_scope"] = scope
     return real, synthetic, info
+
+
+def match_class(real: list[ImageSample], synthetic: list[ImageSample]
+                ) -> tuple[str | None, dict[str, Any] | None, str | None]:
+    """(class to score, ``class_scope`` for the provenance, warning) when no class was asked
+    for. A synthetic set of one known class scored against a real set of several is scored
+    against the real images of that class only (comparing benign samples with benign and
+    malignant images would count the missing class as a fidelity gap); a synthetic set
+    without class labels, or of a class the real set lacks, is scored against every real
+    image with a warning saying so."""
+    syn_labels = {x.class_label for x in synthetic}
+    real_labels = {x.class_label for x in real} - {None}
+    if len(syn_labels) == 1 and None not in syn_labels:
+        (label,) = syn_labels
+        assert label is not None
+        if label in real_labels and len(real_labels) > 1:
+            kept = sum(x.class_label == label for x in real)
+            reason = (f"every synthetic image is {label!r} and the real set has several classes "
+                      f"({class_list(real)}): scored against its {kept} {label!r} images only, "
+                      f"the {len(real) - kept} of other classes left out; pass --class to "
+                      "choose")
+            return label, {"class_label": label, "chosen": "automatically",
+                           "reason": reason}, None
+        if real_labels and label not in real_labels:
+            return None, None, (f"every synthetic image is {label!r} but the real set has no "
+                                f"{label!r} images ({class_list(real)}): scored against every "
+                                "real image")
+    elif None in syn_labels and len(real_labels) > 1:
+        n = sum(x.class_label is None for x in synthetic)
+        some = "the" if n == len(synthetic) else f"{n} of the {len(synthetic)}"
+        return None, None, (f"{some} synthetic images carry no class label: scored as one set "
+                            f"against every real image ({class_list(real)}); pass --class C "
+                            "when the synthetic set is all one class")
+    return None, None, None
 
 
 def score_refs(ctx: AppContext, real_ref: str, synthetic_ref: str,
@@ -123,7 +177,7 @@ def score_refs(ctx: AppContext, real_ref: str, synthetic_ref: str,
     real, synthetic, info = load_sets(ctx, real_ref, synthetic_ref, class_label)
     results = score_sets(real, synthetic, options or ms.options(), store=ctx.store,
                          cache_dir=ms.resolved_cache_dir(ctx.settings.home),
-                         class_label=class_label)
+                         class_label=info.pop("class_label"))
     results["warnings"] = [*info.pop("warnings"), *results.get("warnings", [])]
     results["provenance"] = {**results.get("provenance", {}), **info}
     return results
@@ -163,16 +217,19 @@ def run_metrics(ctx: AppContext, real_ref: str, synthetic_ref: str,
                 error=known[1] if known else f"internal error: {exc!r}")
         raise
     prov = dict(results.get("provenance", {}))
-    return _finish(ctx, run_id, "done", results=results, provenance=prov)
+    return _finish(ctx, run_id, "done", results=results, provenance=prov,
+                   class_label=results.get("class_label"))
 
 
 def _finish(ctx: AppContext, run_id: str, status: str, *, error: str | None = None,
-            results: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None
-            ) -> MetricRun:
+            results: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
+            class_label: str | None = None) -> MetricRun:
     with ctx.sessions() as s:
         run = s.get(MetricRun, run_id)
         assert run is not None
         run.status = status
+        if class_label is not None:  # the class scored, also when chosen automatically
+            run.class_label = class_label
         run.error = error
         if results is not None:
             run.results = results

@@ -10,6 +10,7 @@ images are compared at the same geometry.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 
 MAX_PROBLEMS_SHOWN = 5
+UNKNOWN_CLASS = "unknown"  # Image.class_label of a generated image without a class
 
 
 class SampleError(ValueError):
@@ -63,12 +65,33 @@ def _class_from_path(path: Path, root: Path) -> str | None:
     return None
 
 
+def manifest_classes(folder: Path) -> dict[str, str]:
+    """{image file name: class} from a generator ``manifest.json`` in ``folder`` (its run's
+    ``class_label`` for every sample it lists); {} without one or for a run without a class."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SampleError(f"{path}: unreadable generator manifest ({exc})") from exc
+    if not isinstance(data, dict) or "generation_run_id" not in data:
+        return {}  # some other manifest.json: not ours to interpret
+    label = data.get("class_label")
+    if label not in CLASSES:
+        return {}
+    return {str(x["image"]): str(label) for x in data.get("samples") or []
+            if isinstance(x, dict) and "image" in x}
+
+
 def load_pairs_dir(root: Path) -> list[ImageSample]:
     """A generator output folder: every ``<name>_image.png`` with its ``<name>_mask.png``
-    (mask optional), searched recursively; class from a parent folder named after a class."""
+    (mask optional), searched recursively; class from a parent folder named after a class,
+    else from the generator's ``manifest.json`` beside the files (the run's class)."""
     from sonoaudit.datasets.imageio import ImageReadError, read_grey, read_mask
 
     out: list[ImageSample] = []
+    manifests: dict[Path, dict[str, str]] = {}
     for img_path in sorted(root.rglob("*_image.png")):
         stem = img_path.name[: -len("_image.png")]
         try:
@@ -86,8 +109,12 @@ def load_pairs_dir(root: Path) -> list[ImageSample]:
             if mask.shape != image.shape:
                 raise SampleError(f"{mask_path}: mask is {mask.shape}, image is {image.shape}")
         rel = img_path.relative_to(root).with_name(stem).as_posix()
-        out.append(ImageSample(rel, image, mask, _class_from_path(img_path, root),
-                               source=str(img_path)))
+        label = _class_from_path(img_path, root)
+        if label is None:
+            if img_path.parent not in manifests:
+                manifests[img_path.parent] = manifest_classes(img_path.parent)
+            label = manifests[img_path.parent].get(img_path.name)
+        out.append(ImageSample(rel, image, mask, label, source=str(img_path)))
     return out
 
 
@@ -192,7 +219,8 @@ def load_store(ctx: AppContext, ref: str, class_label: str | None = None,
         except (ImageReadError, OSError) as exc:
             raise SampleError(f"image {row.id} ({row.name}, store path {row.path}): {exc}") from exc
         _check_image(image, f"image {row.id} ({row.name})")
-        out.append(ImageSample(row.name, image, mask, row.class_label, image_id=row.id,
+        label = row.class_label if row.class_label != UNKNOWN_CLASS else None
+        out.append(ImageSample(row.name, image, mask, label, image_id=row.id,
                                source=f"store:{row.path}", meta=meta))
     return out, kind
 

@@ -84,6 +84,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(res)
             return
+        scope = (res.get("provenance") or {}).get("class_scope")
+        if scope and scope["chosen"] == "automatically":  # a given --class is in the warnings
+            typer.echo(f"class {scope['class_label']} ({scope['chosen']}): {scope['reason']}")
         _print_summary(res)
         for label, block in (res.get("per_class") or {}).items():
             typer.echo(f"[{label}]")
