@@ -41,6 +41,15 @@ def test_agreement_json_on_krippendorff_2011(tmp_path: Path) -> None:
     ([], "item,rater,value\n", "empty"),
     (["--scale", "0,20,40"], "item,rater,value\n1,a,20\n1,b,30\n", "row 3"),
     (["--level", "ratio"], "item,rater,value\n1,a,20\n", "--level"),
+    # the bad level is in --scale, not in the CSV: --scale is named, the column is not
+    (["--level", "interval", "--scale", "0,20,40,60,80,100,x"],
+     "item,rater,value\n1,a,20\n1,b,40\n",
+     "error: --scale: --level interval needs numeric levels; 'x' is not a finite number"),
+    # a non-numeric value without --scale: the CSV row (header = row 1) is named
+    (["--level", "interval"], "item,rater,value\n1,a,1\n1,b,2\n2,a,x\n2,b,3\n",
+     "bad.csv: row 4: column 'value' has 'x', not a finite number"),
+    (["--level", "interval"], "item,rater,value\n1,a,1\n1,b,inf\n",
+     "bad.csv: row 3: column 'value' has 'inf', not a finite number"),
 ])
 def test_agreement_bad_input_exits_2_with_a_clear_error(tmp_path: Path, args: list[str],
                                                         content: str, message: str) -> None:

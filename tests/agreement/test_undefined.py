@@ -93,7 +93,10 @@ def test_bootstrap_is_seeded_and_contains_estimate() -> None:
     ([{"item": 1, "rater": "a", "value": 7}], {"scale": [0, 20]}, "row 1: column 'value' has '7'"),
     ([{"item": 1, "rater": "a", "value": 1}, {"item": 1, "rater": "a", "value": 2}], {},
      "rated item '1' again"),
-    ([{"item": 1, "rater": "a", "value": "low"}], {"level": "interval"}, "numeric"),
+    ([{"item": 1, "rater": "a", "value": "low"}], {"level": "interval"},
+     "row 1: column 'value' has 'low', not a finite number"),
+    ([{"item": 1, "rater": "a", "value": 20}], {"level": "interval", "scale": [0, 20, "x"]},
+     "--scale: --level interval needs numeric levels; 'x'"),
 ])
 def test_bad_input_names_the_problem(rows: list, kwargs: dict, message: str) -> None:
     with pytest.raises(RatingTableError, match=message):

@@ -48,6 +48,14 @@ def _norm(v: Any) -> str:
     return s
 
 
+def _is_number(v: str) -> bool:
+    """A finite number (the interval metric takes differences of the levels)."""
+    try:
+        return math.isfinite(float(v))
+    except ValueError:
+        return False
+
+
 @dataclass
 class RatingTable:
     items: list[str]
@@ -191,6 +199,18 @@ def from_long(
             raise RatingTableError(f"--scale has repeated levels: {list(scale)}")
         if len(categories) < 2:
             raise RatingTableError("--scale must declare at least two levels")
+        if level == "interval":
+            bad = [c for c in categories if not _is_number(c)]
+            if bad:
+                raise RatingTableError(
+                    f"--scale: --level interval needs numeric levels; {bad[0]!r} is not a "
+                    f"finite number (scale {categories})")
+    elif level == "interval":
+        for (_, _, va), n in zip(triples, seen.values(), strict=True):
+            if va is not None and not _is_number(va):
+                raise RatingTableError(
+                    f"{source}: row {n}: column {value!r} has {va!r}, not a finite number "
+                    "(--level interval needs numeric values)")
     else:
         observed = sorted({v for _, _, v in triples if v is not None})
         try:
@@ -213,12 +233,5 @@ def from_long(
                 f"{source}: row {n}: column {value!r} has {va!r}, outside the declared scale "
                 f"{categories}")
         codes[ii[it], rr[ra]] = index[va]
-    if level == "interval":
-        try:
-            [float(c) for c in categories]
-        except ValueError as exc:
-            raise RatingTableError(
-                f"{source}: --level interval needs numeric values in column {value!r}: {exc}"
-            ) from None
     return RatingTable(items, raters, categories, codes, level,
                        {col: [item_attrs[it].get(col) for it in items] for col in attrs})
