@@ -145,10 +145,13 @@ def test_folder_errors_name_the_file(tmp_path: Path) -> None:
         load_dir(root)
     (tmp_path / "empty").mkdir()
     # the error text, not the folder name (which is "empty" too)
-    with pytest.raises(SampleError, match=re.escape(
-            f"{tmp_path / 'empty'}: no readable images ({tmp_path / 'empty'}: no known dataset "
-            "layout: expected BUS-BRA (Images/, Masks/, bus_data.csv)")):
+    with pytest.raises(SampleError) as err:
         load_dir(tmp_path / "empty")
+    assert str(err.value) == (
+        f"{tmp_path / 'empty'}: no readable images ({tmp_path / 'empty'}: no known dataset "
+        "layout: expected BUS-BRA (Images/, Masks/, bus_data.csv), UDIAT Dataset B (original/, "
+        "GT/, DatasetB.xlsx) or BUSI (benign/, malignant/, normal/); or a folder of generator "
+        "pairs: <name>_image.png with an optional <name>_mask.png, searched recursively)")
     with pytest.raises(SampleError, match=re.escape(
             f"{tmp_path / 'nope'}: no such folder (and no results store to look the id up in)")):
         load_ref(str(tmp_path / "nope"))

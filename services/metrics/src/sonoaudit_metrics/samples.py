@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 
 MAX_PROBLEMS_SHOWN = 5
+PAIRS_LAYOUT = ("or a folder of generator pairs: <name>_image.png with an optional "
+                "<name>_mask.png, searched recursively")
 UNKNOWN_CLASS = "unknown"  # Image.class_label of a generated image without a class
 
 
@@ -137,6 +139,8 @@ def load_dataset_dir(root: Path, size: int | None = None) -> list[ImageSample]:
     result = scan(root)
     if not result.records:
         detail = "; ".join(str(p) for p in result.problems[:5]) or "no images found"
+        if result.format == "unknown":  # no dataset layout: say what else a folder may be
+            detail += f"; {PAIRS_LAYOUT}"
         raise SampleError(f"{root}: no readable images ({detail})")
     if result.problems:
         # Never score what is left after dropping a bad file: the set would silently shrink.
