@@ -45,7 +45,8 @@ def _print_summary(res: dict[str, Any], indent: str = "") -> None:
 def register(app: typer.Typer) -> None:
     @app.command("metrics")
     def metrics_cmd(
-        real: str = typer.Option(..., "--real", help="Real set: dataset folder (BUS-BRA, UDIAT, BUSI), folder of "
+        real: str = typer.Option(
+            ..., "--real", help="Real set: dataset folder (BUS-BRA, UDIAT, BUSI), folder of "
             "*_image.png/*_mask.png pairs, or dataset id"),
         synthetic: str = typer.Option(
             ..., "--synthetic", help="Synthetic set: folder of *_image.png/*_mask.png pairs "
