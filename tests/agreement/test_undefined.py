@@ -146,3 +146,20 @@ def test_one_resampling_unit_gives_no_ci() -> None:
     k = pairwise_kappa(from_long(rows, attrs=("image",)), n_boot=30,
                        cluster_attr="image")[0]["_estimate"]
     assert k.value is not None and k.ci95() is None and k.n_undefined == 30
+
+
+def test_one_observed_level_without_scale_warns_nothing() -> None:
+    """No --scale and every rating 'benign': q = 1. AC1 divides by q − 1; that 0/0 used to
+    print a numpy RuntimeWarning. Kappa/AC1/alpha are null (single_category); % agreement 1."""
+    import warnings
+
+    t = from_long(rows_of({"a": ["benign"] * 3, "b": ["benign"] * 3}))
+    assert t.categories == ["benign"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = public(agreement(t, n_boot=100))
+    no_nan(res)
+    assert res["percent_agreement"]["value"] == 1.0
+    for key in ("fleiss_kappa", "gwet_ac1", "krippendorff_alpha"):
+        assert res[key]["value"] is None and res[key]["reason"] == "single_category", key
+        assert res[key]["ci95"] is None

@@ -233,7 +233,9 @@ def agreement(table: RatingTable, *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0
     pe_fleiss = (pi**2).sum(axis=1)
     fleiss = safe_div(pa - pe_fleiss, 1.0 - pe_fleiss)
     q = table.q
-    pe_gwet = (pi * (1.0 - pi)).sum(axis=1) / (q - 1)
+    # q = 1 (one observed level, no declared scale): AC1 is undefined (single_category below);
+    # safe_div keeps numpy from warning about the 0/0 on the way there.
+    pe_gwet = safe_div((pi * (1.0 - pi)).sum(axis=1), np.full(len(pi), q - 1.0))
     ac1 = safe_div(pa - pe_gwet, 1.0 - pe_gwet)
     # One observed category: AC1's formula gives 1, kappa 0/0; both are reported as undefined.
     single = (pi > 0).sum(axis=1) < 2
