@@ -112,6 +112,26 @@ def make_backend(ckpt: Checkpoint, backend: str = "torch", *, device: str | None
     raise GenerationError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
+def default_out_dir(ctx: AppContext, run_id: str) -> Path:
+    """Where a run writes without an ``out_dir``: a folder of its own, named by its id."""
+    return ctx.settings.home / "generated" / run_id
+
+
+def check_out_dir(out: Path, *, fresh: bool) -> None:
+    """Refuse an output folder that is a file, and (``fresh``) one that already holds
+    anything: a run writing there would overwrite some of another run's pairs and leave the rest,
+    so the folder would mix runs while its manifest lists only this one's samples."""
+    if out.exists() and not out.is_dir():
+        raise GenerationError(f"--out {out}: exists and is not a folder")
+    if fresh and out.is_dir():
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            raise GenerationError(
+                f"--out {out} is not empty ({len(entries)} entries, e.g. {entries[0]}): a "
+                "generation run writes into a folder of its own; give a new or empty folder, "
+                "or no --out (default: a new folder per run, $SONOAUDIT_HOME/generated/<run id>)")
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -143,12 +163,17 @@ def generate(
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     class_label: str | None = None,
+    fresh_out: bool = False,
 ) -> GenerationRun:
     """Sample ``n`` image/mask pairs; returns the finished ``GenerationRun`` (with ``qc_summary``).
 
     ``class_label``: the class to sample; required for a class-conditional model, optional
     (and only its own class) for a per-class model. Out of memory (GPU) halves the batch and
     retries; at batch 1 the error propagates.
+
+    ``out_dir``: default a new folder per run (:func:`default_out_dir`). ``fresh_out`` (the
+    CLI's ``--out``): refuse an ``out_dir`` that already holds files, before any row is
+    written, unless this is a redelivered job (same ``job_id``) continuing its own folder.
     """
     from tqdm import tqdm
 
@@ -168,11 +193,15 @@ def generate(
                       schedule=ckpt.profile.schedule.model_dump(mode="json"),
                       seed_rule="sample i uses SeedSequence([seed, i])",
                       mask_rule="mask channel > 0")
+    if out_dir is not None:
+        check_out_dir(Path(out_dir), fresh=False)
     with session_scope(ctx.sessions) as s:
         run = None
         if job_id is not None:
             run = s.scalars(select(GenerationRun).where(GenerationRun.job_id == job_id)).first()
         resumed = run is not None
+        if out_dir is not None and not resumed:
+            check_out_dir(Path(out_dir), fresh=fresh_out)
         if run is None:
             run = GenerationRun(model_id=model.id, job_id=job_id, class_label=cls,
                                 n=n, sampler=sampler, steps=steps, seed=seed, provenance=prov)
@@ -185,7 +214,7 @@ def generate(
         run_id = run.id
         done = set(s.scalars(select(Image.sample_index)
                              .where(Image.generation_run_id == run_id)))
-    out = Path(out_dir) if out_dir is not None else ctx.settings.home / "generated" / run_id
+    out = Path(out_dir) if out_dir is not None else default_out_dir(ctx, run_id)
     out.mkdir(parents=True, exist_ok=True)
     if resumed:  # a redelivered job: an earlier delivery may have died mid-write
         _sweep_partial_writes(out)

@@ -90,7 +90,9 @@ def register(app: typer.Typer) -> None:
         steps: int | None = typer.Option(None, min=1,
                                          help="Denoising steps (default: T, 50, 25)."),
         seed: int = typer.Option(0, min=0),
-        out: Path | None = typer.Option(None, help="Folder for PNG pairs + manifest.json."),
+        out: Path | None = typer.Option(
+            None, help="Folder for PNG pairs + manifest.json: new or empty (a non-empty one is "
+            "refused). Default: $SONOAUDIT_HOME/generated/<run id>."),
         batch_size: int = typer.Option(16, min=1, help="Samples per batch."),
         backend: str = typer.Option("torch", help="torch | onnx (ONNX Runtime)."),
         threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
@@ -98,7 +100,7 @@ def register(app: typer.Typer) -> None:
         """Generate aligned image/mask PNG pairs, run mask QC, register them in the store."""
         import torch
         from sonoaudit_generator.checkpoint import CheckpointError
-        from sonoaudit_generator.generation import generate
+        from sonoaudit_generator.generation import default_out_dir, generate
 
         from sonoaudit.cli.common import context
 
@@ -108,7 +110,8 @@ def register(app: typer.Typer) -> None:
         ctx = context()
         try:
             run = generate(ctx, model, n, sampler, steps, seed, out, batch_size=batch_size,
-                           backend=backend, class_label=class_label)
+                           backend=backend, class_label=class_label, fresh_out=True)
+            folder = out if out is not None else default_out_dir(ctx, run.id)
         except (CheckpointError, ValueError) as exc:
             fail(str(exc))
         finally:
@@ -116,7 +119,7 @@ def register(app: typer.Typer) -> None:
         print_json({"generation_run_id": run.id, "class": run.class_label, "n": run.n,
                     "sampler": run.sampler,
                     "steps": run.steps, "qc_summary": run.qc_summary,
-                    "out": str(out) if out else None})
+                    "out": str(folder)})
 
     @app.command("export-onnx")
     def export_cmd(

@@ -1,0 +1,143 @@
+"""Output folders never mix runs: ``generate`` refuses a non-empty ``--out`` and writes a folder
+per run by default (a redelivered job still continues its own folder); ``train`` writes a folder
+per training run by default and refuses an ``--out`` that holds another model's checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gen_helpers import register_model
+from sonoaudit.cli.main import app
+from sonoaudit.context import AppContext, build_context
+from sonoaudit.db.models import GenerationRun, Image, Job
+from sonoaudit.db.session import session_scope
+from sonoaudit.settings import Settings
+from sonoaudit_generator.generation import GenerationError, generate
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for var in ("SONOAUDIT_DATABASE_URL", "SONOAUDIT_NATS_URL", "SONOAUDIT_STORE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SONOAUDIT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _json(stdout: str) -> Any:
+    return json.loads(stdout[stdout.index("{"):])  # progress bars go to stderr
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _generation_runs(home: Path) -> int:
+    ctx = build_context(Settings(home=home))
+    try:
+        with ctx.sessions() as s:
+            return int(s.scalar(select(func.count()).select_from(GenerationRun)) or 0)
+    finally:
+        ctx.close()
+
+
+GEN = ["--sampler", "ddim", "--steps", "2", "--threads", "1"]
+
+
+def test_generate_refuses_a_non_empty_out_and_leaves_it_as_it_was(
+        tiny_checkpoint: Path, home: Path, tmp_path: Path) -> None:
+    ctx = build_context(Settings(home=home))
+    model_id = register_model(ctx, tiny_checkpoint)
+    ctx.close()
+    out = tmp_path / "gen"
+    cli = CliRunner()
+    first = cli.invoke(app, ["generate", "--model", model_id, "--n", "2", *GEN,
+                             "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    run_id = _json(first.stdout)["generation_run_id"]
+    before = _tree(out)
+    assert sorted(before) == ["benign_00000_image.png", "benign_00000_mask.png",
+                              "benign_00001_image.png", "benign_00001_mask.png",
+                              "manifest.json"]
+    again = cli.invoke(app, ["generate", "--model", model_id, "--n", "1", *GEN, "--seed", "7",
+                             "--out", str(out)])
+    assert again.exit_code == 2, again.output
+    assert f"--out {out} is not empty (5 entries, e.g. benign_00000_image.png)" in again.output
+    assert "Traceback" not in again.output
+    assert _tree(out) == before  # no sample overwritten, the manifest is still the first run's
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generation_run_id"] == run_id and len(manifest["samples"]) == 2
+    assert _generation_runs(home) == 1  # refused before any row was written
+    # an existing but empty folder is fine
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ok = cli.invoke(app, ["generate", "--model", model_id, "--n", "1", *GEN,
+                          "--out", str(empty)])
+    assert ok.exit_code == 0, ok.output
+    assert _json(ok.stdout)["out"] == str(empty)
+    assert len(json.loads((empty / "manifest.json").read_text())["samples"]) == 1
+
+
+def test_generate_default_out_is_a_new_folder_per_run(tiny_checkpoint: Path,
+                                                      home: Path) -> None:
+    ctx = build_context(Settings(home=home))
+    model_id = register_model(ctx, tiny_checkpoint)
+    ctx.close()
+    outs = []
+    for n in (2, 1):
+        res = CliRunner().invoke(app, ["generate", "--model", model_id, "--n", str(n), *GEN])
+        assert res.exit_code == 0, res.output
+        info = _json(res.stdout)
+        folder = Path(info["out"])
+        assert folder == home / "generated" / info["generation_run_id"]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["generation_run_id"] == info["generation_run_id"]
+        assert len(manifest["samples"]) == n
+        assert len(list(folder.glob("*_image.png"))) == n
+        outs.append(folder)
+    assert outs[0] != outs[1]
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_redelivered_job_continues_its_own_non_empty_folder(
+        tiny_checkpoint: Path, sqlite_ctx: AppContext, tmp_path: Path) -> None:
+    """``fresh_out`` refuses other runs' folders, not the job's own on redelivery."""
+    model_id = register_model(sqlite_ctx, tiny_checkpoint)
+    with session_scope(sqlite_ctx.sessions) as s:
+        s.add_all([Job(id=j, kind="generate", total=3) for j in ("job-1", "job-2")])
+    out = tmp_path / "job"
+
+    def die_after_first(done: int, total: int) -> None:
+        raise Stop  # the worker dies once sample 0 is stored
+
+    with pytest.raises(Stop):
+        generate(sqlite_ctx, model_id, 3, "ddim", 2, 0, out, batch_size=1, job_id="job-1",
+                 progress=False, on_progress=die_after_first, fresh_out=True)
+    assert sorted(p.name for p in out.iterdir()) == ["benign_00000_image.png",
+                                                     "benign_00000_mask.png"]
+    (out / ".benign_00001_image.png.x.tmp").write_bytes(b"half")  # a half-written file
+    # another run is refused the folder ...
+    with pytest.raises(GenerationError, match="is not empty"):
+        generate(sqlite_ctx, model_id, 1, "ddim", 2, 0, out, job_id="job-2", progress=False,
+                 fresh_out=True)
+    # ... the same job (redelivered) continues it
+    run = generate(sqlite_ctx, model_id, 3, "ddim", 2, 0, out, batch_size=1, job_id="job-1",
+                   progress=False, fresh_out=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        *[f"benign_{i:05d}_{k}.png" for i in range(3) for k in ("image", "mask")],
+        "manifest.json"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generation_run_id"] == run.id and manifest["job_id"] == "job-1"
+    assert [s["index"] for s in manifest["samples"]] == [0, 1, 2]
+    with sqlite_ctx.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(GenerationRun)) == 1
+        assert list(s.scalars(select(Image.sample_index).where(
+            Image.generation_run_id == run.id).order_by(Image.sample_index))) == [0, 1, 2]
