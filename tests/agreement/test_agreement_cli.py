@@ -106,3 +106,13 @@ def test_simulated_panel_matches_its_spec() -> None:
     assert k1 > k0 + 0.05
     with pytest.raises(ValueError, match="class mix"):
         PanelSpec(class_mix=(0.5, 0.6, 0.1))
+
+
+def test_agreement_text_output_says_why_there_is_no_ci(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("item,rater,value\n1,A,x\n1,B,y\n2,A,x\n2,C,x\n3,A,y\n3,C,y\n")
+    res = CliRunner().invoke(app, ["agreement", str(path), "-B", "50"])
+    assert res.exit_code == 0, res.output
+    assert "kappa A~B: 0.000 [no CI: fewer_than_two_items]  n=1" in res.output
+    res = CliRunner().invoke(app, ["agreement", str(path), "-B", "0"])
+    assert "percent_agreement" in res.output and "[no CI: no_bootstrap_replicates]" in res.output

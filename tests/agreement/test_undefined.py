@@ -138,7 +138,7 @@ def test_one_resampling_unit_gives_no_ci() -> None:
     acc = public(accuracy(t, ["x"], n_boot=40))["raters"]["a"]["accuracy"]
     assert acc["value"] == 1.0 and acc["ci95"] is None  # not [1, 1]
     assert acc["bootstrap"] == {"B": 40, "undefined": 40}
-    assert acc["ci_reason"] == "all_bootstrap_replicates_undefined"
+    assert acc["ci_reason"] == "fewer_than_two_items"
     # Several rows but one cluster: the same.
     rows = [{"item": f"u{k}", "rater": r, "value": v, "image": "one"}
             for k, pair in enumerate([("x", "x"), ("x", "y"), ("y", "y")])
@@ -163,3 +163,46 @@ def test_one_observed_level_without_scale_warns_nothing() -> None:
     for key in ("fleiss_kappa", "gwet_ac1", "krippendorff_alpha"):
         assert res[key]["value"] is None and res[key]["reason"] == "single_category", key
         assert res[key]["ci95"] is None
+
+
+def test_a_pair_with_one_shared_item_has_no_ci() -> None:
+    """A and B share item 1 only (A: x, B: y): p_o = 0, p_e = 1·0 + 0·1 = 0, κ = 0. Every
+    replicate resamples that one item, so the bootstrap said [0, 0]; now no CI, with a reason,
+    the way a one-item table is handled. A~C and B~C (two items each) keep their CIs."""
+    rows = [{"item": i, "rater": r, "value": v} for i, r, v in [
+        (1, "A", "x"), (1, "B", "y"), (2, "A", "x"), (2, "C", "x"), (3, "A", "y"), (3, "C", "y"),
+        (4, "B", "x"), (4, "C", "y"), (5, "B", "y"), (5, "C", "x")]]
+    res = public(agreement(from_long(rows), n_boot=200, seed=0))
+    no_nan(res)
+    pairs = {(p["rater_a"], p["rater_b"]): p for p in res["cohen_kappa_pairwise"]}
+    ab = pairs[("A", "B")]
+    assert (ab["n"], ab["value"], ab["ci95"]) == (1, 0.0, None)
+    assert ab["ci_reason"] == "fewer_than_two_items"
+    assert ab["bootstrap"] == {"B": 200, "undefined": 200}
+    # A~C agree on both shared items: κ = 1; B~C disagree on both: p_o = 0, p_e = ½ → κ = −1
+    assert (pairs[("A", "C")]["n"], pairs[("A", "C")]["value"]) == (2, 1.0)
+    assert (pairs[("B", "C")]["n"], pairs[("B", "C")]["value"]) == (2, -1.0)
+    assert pairs[("A", "C")]["ci95"] is not None and pairs[("B", "C")]["ci95"] is not None
+
+
+def test_one_pairable_item_among_many_has_no_ci() -> None:
+    """Item 1 rated x by both a and b, items 2–4 by a only: % agreement over the one pairable
+    item is 1, and every replicate that draws it says 1 again: no CI (fewer_than_two_items)."""
+    t = from_long(rows_of({"a": ["x", "y", "x", "y"], "b": ["x", None, None, None]}))
+    res = public(agreement(t, n_boot=100, seed=3))
+    pa = res["percent_agreement"]
+    assert (pa["value"], pa["n"], pa["ci95"], pa["ci_reason"]) == (
+        1.0, 1, None, "fewer_than_two_items")
+
+
+def test_no_bootstrap_gives_a_ci_reason() -> None:
+    """-B 0: values (hand: 2 of 3 items agree → % agreement 2/3) but no CI, and it says why."""
+    t = from_long(rows_of({"a": ["x", "y", "x"], "b": ["x", "y", "y"]}))
+    res = public(agreement(t, n_boot=0))
+    no_nan(res)
+    pa = res["percent_agreement"]
+    assert pa["value"] == pytest.approx(2 / 3) and pa["ci95"] is None
+    assert pa["ci_reason"] == "no_bootstrap_replicates" and "bootstrap" not in pa
+    for key in ("fleiss_kappa", "gwet_ac1", "krippendorff_alpha", "light_kappa"):
+        assert res[key]["ci_reason"] == "no_bootstrap_replicates", key
+    assert res["cohen_kappa_pairwise"][0]["ci_reason"] == "no_bootstrap_replicates"

@@ -27,7 +27,7 @@ def _fmt(e: dict[str, Any]) -> str:
     if e.get("value") is None:
         return f"undefined ({e.get('reason', '?')})"
     ci = e.get("ci95")
-    ci_s = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else " [CI undefined]"
+    ci_s = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f" [no CI: {e.get('ci_reason', '?')}]"
     return f"{e['value']:.3f}{ci_s}  n={e.get('n')}"
 
 

@@ -106,6 +106,7 @@ class Estimate:
     reason: str | None = None
     replicates: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     extra: dict[str, Any] = field(default_factory=dict)
+    no_ci: str | None = None  # why there is no CI although the value is defined, if known
 
     @property
     def n_boot(self) -> int:
@@ -131,21 +132,31 @@ class Estimate:
             out["reason"] = self.reason
         if self.n_boot:
             out["bootstrap"] = {"B": self.n_boot, "undefined": self.n_undefined}
-            if self.value is not None and ci is None:
-                out["ci_reason"] = "all_bootstrap_replicates_undefined"
+        if self.value is not None and ci is None:
+            out["ci_reason"] = self.no_ci or (
+                "all_bootstrap_replicates_undefined" if self.n_boot else "no_bootstrap_replicates")
         out.update(self.extra)
         return out
 
 
 def estimate(values: NDArray[np.float64], reasons: str | Callable[[], str | None], n: int,
              **extra: Any) -> Estimate:
-    """Row 0 of ``values`` is the point estimate; NaN there means undefined, for ``reasons``."""
+    """Row 0 of ``values`` is the point estimate; NaN there means undefined, for ``reasons``.
+
+    ``n`` counts the items the statistic rests on (e.g. the items a rater pair both rated).
+    Below 2, every replicate resamples the same single item: as in :func:`replicate_sums` for a
+    one-item table, all replicates are undefined (counted) and there is no CI, not a zero-width
+    one (``ci_reason: fewer_than_two_items``)."""
     v0 = float(values[0])
     reps = np.asarray(values[1:], dtype=np.float64)
+    no_ci = None
+    if n < 2 and reps.size:
+        reps = np.full(reps.shape, np.nan)
+        no_ci = "fewer_than_two_items"
     if np.isnan(v0):
         why = reasons if isinstance(reasons, str) else reasons()
-        return Estimate(None, n, why or "undefined", reps, extra)
-    return Estimate(v0, n, None, reps, extra)
+        return Estimate(None, n, why or "undefined", reps, extra, no_ci)
+    return Estimate(v0, n, None, reps, extra, no_ci)
 
 
 def difference(a: Estimate, b: Estimate) -> Estimate:
@@ -155,7 +166,8 @@ def difference(a: Estimate, b: Estimate) -> Estimate:
         why = f"{'first' if a.value is None else 'second'} group: {a.reason or b.reason}"
         return Estimate(None, n, why)
     m = min(a.replicates.size, b.replicates.size)
-    return Estimate(a.value - b.value, n, None, a.replicates[:m] - b.replicates[:m])
+    return Estimate(a.value - b.value, n, None, a.replicates[:m] - b.replicates[:m],
+                    no_ci=a.no_ci or b.no_ci)
 
 
 def safe_div(num: NDArray[np.float64], den: NDArray[np.float64]) -> NDArray[np.float64]:
