@@ -75,7 +75,9 @@ def test_classify_with_mask_outline(client: TestClient, busbra_sample: Path) -> 
 
 
 @pytest.mark.parametrize("files, data, status, fragment", [
-    ({"image": ("a.png", b"hello, not an image", "image/png")}, {}, 422, "not a readable image"),
+    ({"image": ("a.png", b"hello, not an image", "image/png")}, {}, 422,
+     '"image (a.png): not a readable image (not an image format Pillow recognises; expected '
+     'PNG, JPEG or WebP)"'),
     ({"image": ("a.png", b"\x89PNG" + b"0" * 300_000, "image/png")}, {}, 413, "byte limit"),
     ({}, {"image_id": "does-not-exist"}, 404, "unknown image id"),
     ({}, {}, 422, "exactly one of"),

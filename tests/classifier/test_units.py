@@ -115,6 +115,24 @@ def test_render_errors_name_the_problem() -> None:
         render(data, "outline", _png(np.zeros((5, 5), dtype=np.uint8)))
 
 
+def test_unreadable_image_reasons_carry_no_buffer_repr() -> None:
+    """PIL's "cannot identify image file <_io.BytesIO object at 0x…>" is replaced by words."""
+    with pytest.raises(BadImage) as err:
+        render(b"hello, not an image", "image")
+    assert str(err.value) == ("image: not a readable image (not an image format Pillow "
+                              "recognises; expected PNG, JPEG or WebP)")
+    data = _png(np.zeros((40, 40), dtype=np.uint8))
+    with pytest.raises(BadImage) as err:
+        render(data, "outline", b"garbage")
+    assert str(err.value).startswith("mask: not a readable image (not an image format")
+    truncated = _png(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    with pytest.raises(BadImage) as err:
+        render(truncated[: len(truncated) // 2], "image")
+    reason = str(err.value)
+    assert reason.startswith("image: not a readable image (") and "truncated" in reason.lower()
+    assert "BytesIO" not in reason and "0x" not in reason
+
+
 def test_decompression_bomb_is_a_bad_image(monkeypatch: pytest.MonkeyPatch) -> None:
     # PIL raises DecompressionBombError (an Exception, not an OSError) above 2 x MAX_IMAGE_PIXELS.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)

@@ -117,6 +117,11 @@ async def _read_limited(upload: UploadFile, limit: int, field: str) -> bytes:
     return data
 
 
+def _field_file(field: str, filename: str | None) -> str:
+    """How an error names an upload: the form field, and the file name when one was sent."""
+    return f"{field} ({filename})" if filename else field
+
+
 def router() -> APIRouter:
     r = APIRouter(tags=["classify"])
 
@@ -152,11 +157,13 @@ def router() -> APIRouter:
             data = await _read_limited(image, settings.max_image_bytes, "image")
             mask_data = (await _read_limited(mask, settings.max_image_bytes, "mask")
                          if mask is not None else None)
+            image_what = _field_file("image", image.filename)
             try:
-                if not image_mime(data, "image"):
-                    raise BadImage("image: unsupported format (expected PNG, JPEG or WebP)")
+                if not image_mime(data, image_what):
+                    raise BadImage(f"{image_what}: unsupported format (expected PNG, JPEG or "
+                                   "WebP)")
                 if mask_data is not None:
-                    image_mime(mask_data, "mask")
+                    image_mime(mask_data, _field_file("mask", mask.filename if mask else None))
             except BadImage as exc:
                 raise HTTPException(422, detail=str(exc)) from exc
             # Keep what was classified: the store is content-addressed, so this is idempotent.

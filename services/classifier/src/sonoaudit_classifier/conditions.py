@@ -5,6 +5,7 @@ one analysis (adding information moves accuracy by 12-20 points in published stu
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,15 +26,29 @@ class ModelInput:
     mime_type: str
 
 
+# PIL names the in-memory buffer it read from ("cannot identify image file <_io.BytesIO object
+# at 0x7f…>"): that says nothing to a user and differs from run to run, so it is cut out; the
+# caller's ``what`` names the file or field instead.
+_BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def _pil_reason(exc: BaseException) -> str:
+    return _BUFFER_REPR.sub("", str(exc)).strip() or type(exc).__name__
+
+
 def open_image(data: bytes, what: str = "image") -> Image.Image:
+    """The decoded image; :class:`BadImage` starting with ``what`` (a field or file name)."""
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except Image.DecompressionBombError as exc:  # an Exception, not an OSError
         raise BadImage(f"{what}: too many pixels, refused as a possible decompression bomb "
-                       f"({exc})") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise BadImage(f"{what}: not a readable image ({exc})") from exc
+                       f"({_pil_reason(exc)})") from exc
+    except UnidentifiedImageError as exc:
+        raise BadImage(f"{what}: not a readable image (not an image format Pillow recognises; "
+                       "expected PNG, JPEG or WebP)") from exc
+    except (OSError, ValueError) as exc:
+        raise BadImage(f"{what}: not a readable image ({_pil_reason(exc)})") from exc
     return img
 
 
