@@ -206,3 +206,16 @@ def test_no_bootstrap_gives_a_ci_reason() -> None:
     for key in ("fleiss_kappa", "gwet_ac1", "krippendorff_alpha", "light_kappa"):
         assert res[key]["ci_reason"] == "no_bootstrap_replicates", key
     assert res["cohen_kappa_pairwise"][0]["ci_reason"] == "no_bootstrap_replicates"
+
+
+def test_ci_bounds_carry_no_float32_noise() -> None:
+    """Every item has three ratings x, x, y (or x, y, y): 2 of the 6 ordered pairs agree, so
+    each item's % agreement is 1/3 and so is every replicate's mean. The bounds are 1/3 to
+    float64 precision (float32 sums gave 0.3333333134651184 and 0.3333333730697632)."""
+    rows = [{"item": i, "rater": r, "value": v} for i in range(12)
+            for r, v in zip("abc", "xxy" if i < 6 else "xyy", strict=True)]
+    e = agreement(from_long(rows), n_boot=200, seed=0)["percent_agreement"]
+    assert e.value == pytest.approx(1 / 3, abs=1e-15)
+    assert np.abs(e.replicates - 1 / 3).max() < 1e-15
+    lo, hi = e.ci95()  # type: ignore[misc]
+    assert abs(lo - 1 / 3) < 1e-15 and abs(hi - 1 / 3) < 1e-15
