@@ -89,3 +89,61 @@ def test_cli_classifies_a_folder(tmp_path: Path, busbra_sample: Path,
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     result = CliRunner().invoke(app, ["classify", "--images", str(folder)])
     assert result.exit_code == 2 and "no Gemini API key" in result.output
+
+
+def test_cli_exits_1_when_an_answer_is_an_error_and_lists_skipped_files(
+        tmp_path: Path, busbra_sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = sorted((busbra_sample / "Images").glob("*.png"))[0]
+    shutil.copy(good, folder / good.name)
+    (folder / "x.png").write_text("hello, not an image")
+    (folder / "readme.txt").write_text("notes")
+    shutil.copy(sorted((busbra_sample / "Masks").glob("*.png"))[0], folder / "a_mask.png")
+    monkeypatch.setenv("SONOAUDIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    monkeypatch.setenv("SONOAUDIT_RATE_LIMIT_RPM", "6000")
+    note = ("note: skipped 2 file(s) that are not images to classify: a_mask.png (a mask: "
+            "'mask' in its name), readme.txt (not .png/.jpg/.jpeg/.webp)")
+    reason = ("bad input x.png: image: not a readable image (not an image format Pillow "
+              "recognises; expected PNG, JPEG or WebP)")
+    last = ("error: 1 of 2 answer(s) ended in invalid or error: invalid 0, error 1 (reasons in "
+            "the answers; a rerun retries the errors)")
+    with FakeGeminiServer() as server:
+        monkeypatch.setenv("SONOAUDIT_GEMINI_BASE_URL", server.url)
+        result = CliRunner().invoke(app, ["classify", "--images", str(folder)])
+        assert result.exit_code == 1, result.output
+        lines = result.stdout.splitlines()
+        assert f"  x.png r0: error: {reason}" in lines
+        assert "status: ok 1, abstain 0, invalid 0, error 1" in lines
+        assert note in result.stderr.splitlines()
+        assert result.stderr.splitlines()[-1] == last
+        result = CliRunner().invoke(app, ["classify", "--images", str(folder), "--json"])
+        assert result.exit_code == 1
+        out = json.loads(result.stdout)
+        assert out["summary"] == {"ok": 1, "abstain": 0, "invalid": 0, "error": 1}
+        assert out["skipped"] == ["a_mask.png (a mask: 'mask' in its name)",
+                                  "readme.txt (not .png/.jpg/.jpeg/.webp)"]
+        assert [a["reason"] for a in out["answers"] if a["status"] == "error"] == [reason]
+        assert result.stderr.splitlines()[-1] == last
+        # every answer an error: still exit 1, never a success
+        (folder / good.name).unlink()
+        result = CliRunner().invoke(app, ["classify", "--images", str(folder)])
+        assert result.exit_code == 1
+        assert result.stderr.splitlines()[-1].startswith("error: 1 of 1 answer(s) ended in")
+        assert len(server.requests) == 1  # only the one readable image reached the model
+
+
+def test_cli_refuses_a_dataset_folder_that_fails_validation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sonoaudit.datasets.phantom import write_phantom
+
+    root = write_phantom(tmp_path / "ds", n_per_class=2, size=64)
+    bad = sorted((root / "Images").glob("*.png"))[1]
+    bad.write_bytes(bad.read_bytes()[:100])
+    monkeypatch.setenv("SONOAUDIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    result = CliRunner().invoke(app, ["classify", "--images", str(root)])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: --images {root}: the busbra dataset fails "
+                                    f"validation, 1 problem(s): {bad}: unreadable image (")
