@@ -179,3 +179,65 @@ def test_200_character_names_fit_the_postgres_columns(pg_store: Any) -> None:
     with pytest.raises(StudyError, match="201 characters long"):
         add_reader(pg_store.ctx, study.id, "é" * 201)
     assert [p["name"] for p in c_progress(pg_store, study.id)] == [name]
+
+
+def test_json_answers_take_numbers_where_unambiguous(store: Any, live: Any) -> None:
+    sid, _, t1 = _study(store)
+    keys = [i.item_key for i in view_for_token(store.ctx, t1).items]
+    api = f"/study/r/{t1}/api/answers"
+    with httpx.Client(base_url=live.url) as c:
+        def post(item: str, conf: Any, cid: str) -> httpx.Response:
+            return c.post(api, json={"item": item, "answers": {"class": "benign",
+                                                               "confidence": conf},
+                                     "client_event_id": cid})
+
+        assert post(keys[0], 40, "cid-num-int").status_code == 200
+        assert post(keys[1], 60.0, "cid-num-float").status_code == 200
+        assert post(keys[2], "80", "cid-num-text").status_code == 200
+        off = post(keys[3], 30, "cid-num-off")  # a number off the scale: the scale's 422
+        assert off.status_code == 422 and off.json()["field"] == "confidence"
+        half = post(keys[3], 40.5, "cid-num-half")
+        assert half.status_code == 422 and "'40.5' not allowed" in half.json()["detail"]
+        for bad in (True, False):  # no option is spelled true/false
+            r = post(keys[3], bad, f"cid-num-{bad}")
+            assert r.status_code == 422
+            assert r.json()["detail"][0]["loc"] == ["body", "answers", "confidence"]
+    with store.ctx.sessions() as s:
+        stored = sorted(a.value for a in s.scalars(select(Answer).where(
+            Answer.study_id == sid, Answer.question == "confidence")))
+    assert stored == ["40", "60", "80"]
+
+
+def test_openapi_declares_every_hand_parsed_body(store: Any, live: Any) -> None:
+    with httpx.Client(base_url=live.url) as c:
+        paths = c.get("/openapi.json").json()["paths"]
+
+    def content(path: str) -> dict[str, Any]:
+        return paths[path]["post"]["requestBody"]["content"]
+
+    create = content("/study/admin/studies")["application/json"]["schema"]
+    assert create["required"] == ["name"] and create["additionalProperties"] is False
+    assert {"name", "dataset_id", "generation_run_ids", "per_class", "readers",
+            "seed"} <= set(create["properties"])
+    readers = content("/study/admin/{study_id}/readers")
+    assert readers["application/json"]["schema"]["required"] == ["name"]
+    assert readers["application/x-www-form-urlencoded"]["schema"]["required"] == ["name"]
+    upload = content("/study/admin/{study_id}/import")["multipart/form-data"]["schema"]
+    assert upload["properties"]["file"] == {"type": "string", "format": "binary"}
+    login = content("/study/admin/{study_id}/login")
+    assert login["application/x-www-form-urlencoded"]["schema"]["required"] == ["token"]
+    panel = content("/study/admin/{study_id}/simulate-panel")["application/json"]["schema"]
+    assert set(panel["properties"]) == {"n_readers", "accuracy", "seed"}
+    form = content("/study/r/{token}/item/{n}")["application/x-www-form-urlencoded"]["schema"]
+    assert form["required"] == ["item_key", "step", "client_event_id"]
+    answer = paths["/study/r/{token}/api/answers"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/AnswerIn"}
+
+
+def test_seed_must_fit_the_column(store: Any) -> None:
+    from sonoaudit_raters.study import StudyError
+
+    with pytest.raises(StudyError, match="64 bits") as exc:
+        create_study(store.ctx, "big seed", store.real_ids(1), [], seed=2**63)
+    assert exc.value.field == "seed"

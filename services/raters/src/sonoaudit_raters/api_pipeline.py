@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sonoaudit.runtime import ServiceRuntime
 from starlette.concurrency import run_in_threadpool
 
+from sonoaudit_raters.openapi_bodies import body as openapi_body
 from sonoaudit_raters.study import setup
 from sonoaudit_raters.study.errors import AccessDenied, StudyError
 from sonoaudit_raters.study.simulate import simulate_panel
@@ -23,7 +24,7 @@ class PanelIn(BaseModel):
 
     n_readers: int = Field(default=3, ge=1, le=50)
     accuracy: float = Field(default=0.8, ge=0.0, le=1.0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=-(2**63), lt=2**63)
 
 
 def _error(exc: StudyError) -> JSONResponse:
@@ -36,7 +37,8 @@ def _error(exc: StudyError) -> JSONResponse:
 def build_router(runtime: ServiceRuntime) -> APIRouter:
     router = APIRouter(prefix="/study", tags=["study"])
 
-    @router.post("/admin/{study_id}/simulate-panel", status_code=201)
+    @router.post("/admin/{study_id}/simulate-panel", status_code=201,
+                 openapi_extra=openapi_body(json=PanelIn))
     async def admin_simulate_panel(study_id: str, request: Request) -> JSONResponse:
         """Add ``n_readers`` simulated readers who answer every item; returns their ids."""
         ctx = runtime.require()

@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from sonoaudit.context import AppContext
 from sonoaudit.db.models import Image
 from sonoaudit.runtime import ServiceRuntime
 from starlette.concurrency import run_in_threadpool
 
+from sonoaudit_raters.openapi_bodies import body as openapi_body
+from sonoaudit_raters.openapi_bodies import form_schema
 from sonoaudit_raters.study import export, logs, reading, setup
 from sonoaudit_raters.study.errors import AccessDenied, InvalidAnswer, StudyError
 from sonoaudit_raters.study.images import render_image, render_mask_outline
@@ -41,10 +44,36 @@ def _env() -> Environment:
                        lstrip_blocks=True)
 
 
+def _answer_text(v: Any) -> Any:
+    """JSON numbers are taken as their decimal text (40 and 40.0 → "40", as the form sends
+    it); true/false and non-finite numbers are refused: no option is spelled like them."""
+    if isinstance(v, list):
+        return [_answer_text(x) for x in v]
+    if isinstance(v, bool):
+        raise ValueError("true/false is not an answer; send the option as text")
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"{v} is not an answer")
+        return str(int(v)) if v.is_integer() else repr(v)
+    return v
+
+
+_TEXT_OR_NUMBER = {"anyOf": [{"type": "string"}, {"type": "number"}]}
+# An answer: the option's text ("40", "benign"); a number where the option is one (40);
+# a list for a multi question; null/empty for an optional one left empty.
+AnswerValue = Annotated[
+    str | list[str] | None, BeforeValidator(_answer_text),
+    WithJsonSchema({"anyOf": [*_TEXT_OR_NUMBER["anyOf"],
+                              {"type": "array", "items": _TEXT_OR_NUMBER}, {"type": "null"}]}),
+]
+
+
 class AnswerIn(BaseModel):
     item: str
     step: str = "read"
-    answers: dict[str, str | list[str] | None] = Field(default_factory=dict)
+    answers: dict[str, AnswerValue] = Field(default_factory=dict)
     client_event_id: str
     time_on_item_ms: int | None = None
 
@@ -65,7 +94,7 @@ class StudyIn(BaseModel):
     generation_run_ids: list[str] = Field(default_factory=list)
     per_class: dict[str, int] | None = None
     n_repeats: int = Field(default=0, ge=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=-(2**63), lt=2**63)
     config: dict[str, Any] | None = None
     readers: list[str] = Field(default_factory=list)
 
@@ -174,7 +203,13 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
             return RedirectResponse(reader_base(token), status_code=303, headers=READER_HEADERS)
         return render_item(token, view, n)
 
-    @router.post("/r/{token}/item/{n}", response_class=HTMLResponse)
+    @router.post("/r/{token}/item/{n}", response_class=HTMLResponse, openapi_extra=openapi_body(
+        form=form_schema(["item_key", "step", "client_event_id"], {
+            "item_key": {"type": "string"}, "step": {"type": "string", "enum": ["read", "llm"]},
+            "client_event_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,32}$"},
+            "time_on_item_ms": {"type": "string", "pattern": "^[0-9]*$",
+                                "description": "whole milliseconds, or empty"},
+        }, extra=True)))
     async def reader_submit(token: str, n: int, request: Request) -> Response:
         form = await request.form()
         values: dict[str, str | list[str] | None] = {}
@@ -307,7 +342,7 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
     def admin_denied(study_id: str, exc: StudyError) -> HTMLResponse:
         return page("admin_login.html", 403, study_id=study_id, message=exc.message)
 
-    @router.post("/admin/studies", status_code=201)
+    @router.post("/admin/studies", status_code=201, openapi_extra=openapi_body(json=StudyIn))
     async def admin_create_study(request: Request) -> Response:
         """Create a study (needs ``SONOAUDIT_STUDY_CREATOR_TOKEN`` as bearer); returns the new
         study's admin token once, plus invitation links for ``readers``."""
@@ -346,7 +381,9 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
         except ValidationError as exc:  # a bad study config
             return JSONResponse({"detail": f"config: {exc}", "field": "config"}, status_code=422)
 
-    @router.post("/admin/{study_id}/login", response_class=HTMLResponse)
+    @router.post("/admin/{study_id}/login", response_class=HTMLResponse,
+                 openapi_extra=openapi_body(form=form_schema(["token"], {
+                     "token": {"type": "string"}})))
     async def admin_login(study_id: str, request: Request) -> Response:
         form = await request.form()
         token = str(form.get("token") or "")
@@ -380,7 +417,8 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
             return json_error(exc)
         return JSONResponse(reading.progress(ctx(), study_id))
 
-    @router.post("/admin/{study_id}/readers")
+    @router.post("/admin/{study_id}/readers", openapi_extra=openapi_body(
+        json=ReaderIn, form=form_schema(["name"], {"name": {"type": "string"}})))
     async def admin_add_reader(study_id: str, request: Request) -> Response:
         wants_json = "application/json" in request.headers.get("content-type", "")
         try:
@@ -441,7 +479,8 @@ def build_router(runtime: ServiceRuntime) -> APIRouter:
         return Response(export.export_json_text(ctx(), study_id), media_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
-    @router.post("/admin/{study_id}/import")
+    @router.post("/admin/{study_id}/import", openapi_extra=openapi_body(
+        multipart=form_schema(["file"], {"file": {"type": "string", "format": "binary"}})))
     async def admin_import(study_id: str, request: Request) -> Response:
         # The admin page's form wants a page back; scripts (Accept: JSON or */*) get JSON.
         wants_html = "text/html" in request.headers.get("accept", "")

@@ -123,6 +123,8 @@ def create_study(
         cfg = cfg.model_copy(update={"n_repeats": n_repeats})
     groups = {"real": list(real_image_ids), "synthetic": list(synthetic_image_ids)}
     name = check_name(name, "study")
+    if not -(2**63) <= seed < 2**63:  # studies.seed is a 64-bit column
+        raise StudyError(f"seed must fit in 64 bits (signed), got {seed}", field="seed")
     if not groups["real"] and not groups["synthetic"]:
         raise EmptyStudy(
             f"study {name!r} has no images: both real_image_ids and synthetic_image_ids are empty "
