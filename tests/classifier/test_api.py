@@ -74,6 +74,43 @@ def test_classify_with_mask_outline(client: TestClient, busbra_sample: Path) -> 
     assert r.status_code == 422 and "needs a mask" in r.json()["detail"]
 
 
+def test_non_binary_mask_is_refused_like_the_dataset_reader(
+        client: TestClient, busbra_sample: Path, fake_gemini: FakeGeminiServer) -> None:
+    """A grey (soft) mask: the dataset reader refuses it, so must the service (422 naming the
+    mask field), before any call; a binary mask with a thin anti-aliased rim still passes."""
+    import io
+
+    import numpy as np
+    from PIL import Image as PILImage
+
+    img = (busbra_sample / "Images" / "bus_0011-r.png").read_bytes()
+    w, h = PILImage.open(io.BytesIO(img)).size
+
+    def png(arr: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        PILImage.fromarray(arr).save(buf, format="PNG")
+        return buf.getvalue()
+
+    grey = np.full((h, w), 128, dtype=np.uint8)  # every pixel neither black nor white
+    for condition in ("outline", "side_by_side"):
+        r = client.post("/classify", files={"image": ("i.png", img, "image/png"),
+                                            "mask": ("grey.png", png(grey), "image/png")},
+                        data={"condition": condition})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"] == (
+            "mask (grey.png): mask is not binary: 100.0% of pixels are neither black nor white "
+            "(tolerance 1%); re-export it as a black/white PNG")
+    assert fake_gemini.requests == []
+    # 0.5% of pixels grey (under the datasets' 1% tolerance): accepted
+    rim = np.zeros((h, w), dtype=np.uint8)
+    rim[h // 4: h // 2, w // 4: w // 2] = 255
+    rim.reshape(-1)[: int(h * w * 0.005)] = 128
+    r = client.post("/classify", files={"image": ("i.png", img, "image/png"),
+                                        "mask": ("rim.png", png(rim), "image/png")},
+                    data={"condition": "outline"})
+    assert r.status_code == 200, r.text
+
+
 @pytest.mark.parametrize("files, data, status, fragment", [
     ({"image": ("a.png", b"hello, not an image", "image/png")}, {}, 422,
      '"image (a.png): not a readable image (not an image format Pillow recognises; expected '

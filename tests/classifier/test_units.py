@@ -133,6 +133,31 @@ def test_unreadable_image_reasons_carry_no_buffer_repr() -> None:
     assert "BytesIO" not in reason and "0x" not in reason
 
 
+def test_masks_are_read_and_refused_by_the_dataset_reader_rules() -> None:
+    from sonoaudit.datasets.imageio import MASK_NONBINARY_TOLERANCE
+
+    img = np.full((20, 20), 100, dtype=np.uint8)
+    data = _png(img)
+    square = np.zeros((20, 20), dtype=np.uint8)
+    square[5:15, 5:15] = 255
+    want = render(data, "outline", _png(square)).data
+    # the same lesion stored as 0/1, or drawn in red, is the same lesion (as the reader says)
+    assert render(data, "outline", _png((square > 0).astype(np.uint8))).data == want
+    red = np.zeros((20, 20, 3), dtype=np.uint8)
+    red[..., 0] = square
+    assert render(data, "outline", _png(red)).data == want
+    # 4 of 400 pixels grey = 1.0%: at the tolerance, accepted; 5 = 1.25%: refused
+    assert MASK_NONBINARY_TOLERANCE == 0.01
+    soft = square.copy()
+    soft[0, :4] = 128
+    render(data, "outline", _png(soft))
+    soft[0, 4] = 128
+    with pytest.raises(BadImage) as err:
+        render(data, "side_by_side", _png(soft))
+    assert str(err.value) == ("mask: mask is not binary: 1.2% of pixels are neither black nor "
+                              "white (tolerance 1%); re-export it as a black/white PNG")
+
+
 def test_decompression_bomb_is_a_bad_image(monkeypatch: pytest.MonkeyPatch) -> None:
     # PIL raises DecompressionBombError (an Exception, not an OSError) above 2 x MAX_IMAGE_PIXELS.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)

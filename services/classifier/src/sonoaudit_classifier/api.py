@@ -24,7 +24,7 @@ from sonoaudit_classifier.batch import (
     aclassify_items,
     items_from_images,
 )
-from sonoaudit_classifier.conditions import BadImage, image_mime
+from sonoaudit_classifier.conditions import BadImage, image_mime, mask_region
 from sonoaudit_classifier.engine import Classifier
 from sonoaudit_classifier.jobs import create_job, job_view, publish_job, run_job
 from sonoaudit_classifier.pool import ClassifierPool
@@ -162,8 +162,8 @@ def router() -> APIRouter:
                 if not image_mime(data, image_what):
                     raise BadImage(f"{image_what}: unsupported format (expected PNG, JPEG or "
                                    "WebP)")
-                if mask_data is not None:
-                    image_mime(mask_data, _field_file("mask", mask.filename if mask else None))
+                if mask_data is not None:  # binary by the dataset reader's rule, or 422
+                    mask_region(mask_data, _field_file("mask", mask.filename if mask else None))
             except BadImage as exc:
                 raise HTTPException(422, detail=str(exc)) from exc
             # Keep what was classified: the store is content-addressed, so this is idempotent.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from sonoaudit.datasets.imageio import MASK_NONBINARY_TOLERANCE, binarize, mask_levels
 
 OUTLINE_RGB = (0, 255, 0)
 SIDE_GAP_PX = 8
@@ -63,12 +64,27 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def mask_region(mask_data: bytes, what: str = "mask") -> np.ndarray:
+    """The lesion region of a mask file, read by the dataset reader's rules
+    (``sonoaudit.datasets.imageio``: max over colour channels, alpha multiplied in, 0/1 masks,
+    threshold 128) and refused like there when more than ``MASK_NONBINARY_TOLERANCE`` of its
+    pixels are neither black nor white (a soft or JPEG-damaged mask would let the threshold
+    decide the lesion boundary the model is shown)."""
+    levels = mask_levels(open_image(mask_data, what))
+    region, intermediate = binarize(levels)
+    if intermediate > MASK_NONBINARY_TOLERANCE:
+        raise BadImage(f"{what}: mask is not binary: {intermediate:.1%} of pixels are neither "
+                       f"black nor white (tolerance {MASK_NONBINARY_TOLERANCE:.0%}); re-export "
+                       "it as a black/white PNG")
+    return region
+
+
 def _mask_array(mask_data: bytes, size: tuple[int, int]) -> np.ndarray:
-    mask = open_image(mask_data, "mask").convert("L")
-    if mask.size != size:
-        raise BadImage(f"mask: size {mask.size[0]}x{mask.size[1]} does not match the image "
-                       f"size {size[0]}x{size[1]}")
-    return np.asarray(mask) > 127
+    region = mask_region(mask_data)
+    h, w = region.shape
+    if (w, h) != size:
+        raise BadImage(f"mask: size {w}x{h} does not match the image size {size[0]}x{size[1]}")
+    return region
 
 
 def _outline(region: np.ndarray, width: int = 2) -> np.ndarray:
