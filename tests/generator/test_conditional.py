@@ -111,7 +111,9 @@ def test_cli_trains_one_conditional_model_and_samples_each_class(
     assert res.exit_code == 0, res.output
     trained = _json(res.stdout)
     assert trained["class"] is None  # Model.class_label None = class-conditional
-    folder = home / "models" / "benign+malignant-tiny-seed0"
+    folder = Path(trained["checkpoint"]).parent  # a new folder per training run
+    assert folder.parent == (home / "models").resolve()
+    assert re.fullmatch(r"benign\+malignant-tiny-seed0-[0-9a-f]{8}", folder.name)
     ck = load_checkpoint(folder / "checkpoint")
     assert ck.class_names == ["benign", "malignant"] and ck.profile.model.num_classes == 2
     assert ck.class_label is None

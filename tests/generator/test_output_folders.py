@@ -13,10 +13,12 @@ import pytest
 from gen_helpers import register_model
 from sonoaudit.cli.main import app
 from sonoaudit.context import AppContext, build_context
-from sonoaudit.db.models import GenerationRun, Image, Job
+from sonoaudit.db.models import GenerationRun, Image, Job, Model, TrainingRun
 from sonoaudit.db.session import session_scope
 from sonoaudit.settings import Settings
+from sonoaudit_generator.checkpoint import load_checkpoint
 from sonoaudit_generator.generation import GenerationError, generate
+from sonoaudit_generator.store_training import train_model
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -37,11 +39,11 @@ def _tree(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def _generation_runs(home: Path) -> int:
+def _count(home: Path, table: type) -> int:
     ctx = build_context(Settings(home=home))
     try:
         with ctx.sessions() as s:
-            return int(s.scalar(select(func.count()).select_from(GenerationRun)) or 0)
+            return int(s.scalar(select(func.count()).select_from(table)) or 0)
     finally:
         ctx.close()
 
@@ -72,7 +74,7 @@ def test_generate_refuses_a_non_empty_out_and_leaves_it_as_it_was(
     assert _tree(out) == before  # no sample overwritten, the manifest is still the first run's
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["generation_run_id"] == run_id and len(manifest["samples"]) == 2
-    assert _generation_runs(home) == 1  # refused before any row was written
+    assert _count(home, GenerationRun) == 1  # refused before any row was written
     # an existing but empty folder is fine
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -141,3 +143,107 @@ def test_a_redelivered_job_continues_its_own_non_empty_folder(
         assert s.scalar(select(func.count()).select_from(GenerationRun)) == 1
         assert list(s.scalars(select(Image.sample_index).where(
             Image.generation_run_id == run.id).order_by(Image.sample_index))) == [0, 1, 2]
+
+
+TRAIN = ["train", "--class", "benign", "--profile", "tiny", "--threads", "1"]
+
+
+def _model(home: Path, model_id: str) -> tuple[str, str, str]:
+    """(checkpoint path, training run id, training run out_dir) of a model."""
+    ctx = build_context(Settings(home=home))
+    try:
+        with ctx.sessions() as s:
+            m = s.get_one(Model, model_id)
+            run = s.get_one(TrainingRun, m.training_run_id)
+            return m.checkpoint_path, run.id, str(run.out_dir)
+    finally:
+        ctx.close()
+
+
+def test_retraining_without_out_keeps_the_first_models_weights(busbra_sample: Path,
+                                                               home: Path) -> None:
+    """The newcomer's case: train, then train again with --steps 3 and no --resume. Each run
+    gets its own folder, named by its TrainingRun id; the first model still samples its own
+    6-step weights."""
+    cli = CliRunner()
+    trained = []
+    for extra in ([], ["--steps", "3"]):
+        res = cli.invoke(app, [*TRAIN, "--data", str(busbra_sample), *extra])
+        assert res.exit_code == 0, res.output
+        trained.append(_json(res.stdout))
+    paths = []
+    for info, steps in zip(trained, (6, 3), strict=True):
+        ckpt, run_id, out_dir = _model(home, info["model_id"])
+        folder = home / "models" / f"benign-tiny-seed0-{run_id[:8]}"
+        assert out_dir == str(folder) and ckpt == str((folder / "checkpoint").resolve())
+        assert info["checkpoint"] == ckpt
+        assert load_checkpoint(folder / "checkpoint").step == steps
+        paths.append(ckpt)
+    assert paths[0] != paths[1]
+    assert not (home / "models" / "benign-tiny-seed0").exists()  # the old shared default
+    res = cli.invoke(app, ["generate", "--model", trained[0]["model_id"], "--n", "1", *GEN])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((Path(_json(res.stdout)["out"]) / "manifest.json").read_text())
+    assert manifest["provenance"]["checkpoint"] == paths[0]
+    assert manifest["provenance"]["checkpoint_step"] == 6
+    # --resume without --out continues the newest default folder (the 3-step run's)
+    res = cli.invoke(app, [*TRAIN, "--data", str(busbra_sample), "--steps", "3", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert _json(res.stdout)["model_id"] == trained[1]["model_id"]
+    assert _count(home, TrainingRun) == 2 and _count(home, Model) == 2
+
+
+def test_an_out_holding_a_checkpoint_is_refused_unless_resumed(busbra_sample: Path, home: Path,
+                                                               tmp_path: Path) -> None:
+    cli = CliRunner()
+    out = tmp_path / "model"
+    res = cli.invoke(app, [*TRAIN, "--data", str(busbra_sample), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    first = _json(res.stdout)
+    digests = load_checkpoint(out / "checkpoint").digests
+    ctx = build_context(Settings(home=home))
+    with ctx.sessions() as s:
+        name = s.get_one(Model, first["model_id"]).name
+    ctx.close()
+    again = cli.invoke(app, [*TRAIN, "--data", str(busbra_sample), "--out", str(out),
+                             "--steps", "3"])
+    assert again.exit_code == 2, again.output
+    assert (f"--out {out} already holds the checkpoint of model {first['model_id']} ({name})"
+            in again.output.replace("\n", " "))
+    assert "--resume" in again.output and "Traceback" not in again.output
+    assert load_checkpoint(out / "checkpoint").digests == digests
+    assert _count(home, TrainingRun) == 1 and _count(home, Model) == 1
+    # --resume there continues that same run and model
+    res = cli.invoke(app, [*TRAIN, "--data", str(busbra_sample), "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert _json(res.stdout)["model_id"] == first["model_id"]
+    assert _count(home, TrainingRun) == 1 and _count(home, Model) == 1
+
+
+def test_an_interrupted_default_run_is_refused_afresh_and_resumed_without_out(
+        busbra_sample: Path, home: Path) -> None:
+    cli = CliRunner()
+    res = cli.invoke(app, [*TRAIN, "--data", str(busbra_sample), "--resume"])
+    assert res.exit_code == 2, res.output
+    assert "no checkpoint of an earlier run in" in res.output
+    assert _count(home, TrainingRun) == 0
+    ctx = build_context(Settings(home=home))
+    try:
+        assert train_model(ctx, busbra_sample, "benign", "tiny", None, seed=0, stop_after=3,
+                           progress=False) is None  # interrupted after 3 of 6 steps
+        with ctx.sessions() as s:
+            run = s.scalars(select(TrainingRun)).one()
+            run_id, out = run.id, Path(str(run.out_dir))
+    finally:
+        ctx.close()
+    assert out == home / "models" / f"benign-tiny-seed0-{run_id[:8]}"
+    assert load_checkpoint(out / "checkpoint").step == 3
+    # training afresh in that folder is refused, naming the interrupted run
+    res = cli.invoke(app, [*TRAIN, "--data", str(busbra_sample), "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert f"training run {run_id} (interrupted)" in res.output.replace("\n", " ")
+    res = cli.invoke(app, [*TRAIN, "--data", str(busbra_sample), "--resume"])
+    assert res.exit_code == 0, res.output
+    ckpt, resumed_run, _ = _model(home, _json(res.stdout)["model_id"])
+    assert resumed_run == run_id and ckpt == str((out / "checkpoint").resolve())
+    assert load_checkpoint(out / "checkpoint").step == 6

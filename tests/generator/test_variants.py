@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, get_args
@@ -139,9 +140,11 @@ def test_cli_train_with_diffusers_cosine_v_records_it_and_resume_refuses_others(
     assert res.exit_code == 0, res.output
     out = _json(res.stdout)
     assert out["backbone"] == "unet2d" and out["schedule"]["beta_schedule"] == "cosine"
-    # default folder names the variant, so the rsu/linear/epsilon model is not overwritten
-    folder = cli_home / "models" / "malignant-tiny-diffusers-cosine-v-seed0"
-    assert Path(out["checkpoint"]) == (folder / "checkpoint").resolve()
+    # default folder names the variant (and the run: a new folder per training run), so the
+    # rsu/linear/epsilon model is not overwritten
+    folder = Path(out["checkpoint"]).parent
+    assert folder.parent == (cli_home / "models").resolve()
+    assert re.fullmatch(r"malignant-tiny-diffusers-cosine-v-seed0-[0-9a-f]{8}", folder.name)
     ck = load_checkpoint(folder / "checkpoint")
     assert (ck.profile.model.backbone, ck.profile.schedule.beta_schedule,
             ck.profile.schedule.prediction_type) == ("unet2d", "cosine", "v_prediction")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,13 +17,14 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from sonoaudit.context import AppContext
+from sonoaudit.db.base import new_id
 from sonoaudit.db.models import Dataset, Image, Model, TrainingRun
 from sonoaudit.db.session import session_scope
 from sonoaudit.filestore import atomic_write_bytes
 from sonoaudit.provenance import provenance
 from sqlalchemy import select
 
-from sonoaudit_generator.checkpoint import CheckpointError
+from sonoaudit_generator.checkpoint import CheckpointError, has_checkpoint
 from sonoaudit_generator.config import (
     BACKBONES,
     PREDICTIONS,
@@ -174,6 +176,64 @@ def load_class_split(ctx: AppContext, dataset: Dataset, class_label: str,
             stack(out["val"][0], np.uint8), stack(out["val"][1], bool))
 
 
+def output_folder(ctx: AppContext, out_dir: Path | None, stem: str, *,
+                  resume: bool) -> tuple[str, Path]:
+    """(id for a new ``TrainingRun``, the folder it trains in). No two models share a
+    checkpoint folder: the default is a new folder per run, ``<stem>-<run id[:8]>`` under
+    ``$SONOAUDIT_HOME/models`` (``--resume`` without ``--out``: the newest of them that holds a
+    checkpoint), and a folder that already holds a checkpoint is refused unless resumed."""
+    run_id = new_id()
+    if out_dir is not None:
+        out = Path(out_dir)
+    elif resume:
+        out = latest_default_folder(ctx, stem)
+    else:
+        out = ctx.settings.home / "models" / f"{stem}-{run_id[:8]}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    if not resume:
+        refuse_occupied(ctx, out)
+    return run_id, out
+
+
+def latest_default_folder(ctx: AppContext, stem: str) -> Path:
+    """The default folder (``<stem>-<run id[:8]>``) of the newest run that left a checkpoint;
+    also ``<stem>`` itself, the default before folders were per run."""
+    base = ctx.settings.home / "models"
+    name = re.compile(re.escape(stem) + r"(-[0-9a-f]{8})?")
+    with session_scope(ctx.sessions) as s:
+        outs = list(s.scalars(select(TrainingRun.out_dir).where(
+            TrainingRun.out_dir.startswith(str(base / stem), autoescape=True))
+            .order_by(TrainingRun.started_at.desc())))
+    for o in [*(o for o in outs if o), str(base / stem)]:
+        folder = Path(o)
+        if (folder.parent == base and name.fullmatch(folder.name)
+                and has_checkpoint(folder / "checkpoint")):
+            return folder
+    raise CheckpointError(f"--resume: no checkpoint of an earlier run in {base / stem}-<run id>; "
+                          "give --out FOLDER of the run to continue")
+
+
+def refuse_occupied(ctx: AppContext, out: Path) -> None:
+    """Refuse to train afresh in a folder that holds a checkpoint: the new weights would
+    replace the ones a ``Model`` row (or an interrupted run) points at."""
+    ckpt = out / "checkpoint"
+    if not has_checkpoint(ckpt):
+        return
+    with session_scope(ctx.sessions) as s:
+        model = s.scalars(select(Model).where(Model.checkpoint_path == str(ckpt.resolve()))
+                          .order_by(Model.created_at.desc())).first()
+        run = s.scalars(select(TrainingRun).where(TrainingRun.out_dir == str(out))
+                        .order_by(TrainingRun.started_at.desc())).first()
+        holder = (f"model {model.id} ({model.name})" if model is not None
+                  else f"training run {run.id} ({run.status})" if run is not None
+                  else "a model not in this store")
+    raise CheckpointError(
+        f"--out {out} already holds the checkpoint of {holder}; training afresh there would "
+        "replace its weights. Use --resume to continue that run, another --out, or no --out "
+        "(a new folder per training run)")
+
+
 def train_model(
     ctx: AppContext,
     data: str | Path,
@@ -228,8 +288,10 @@ def train_model(
         p = customise(p, num_classes=len(names))
         class_label = ",".join(names)
     folder = class_label.replace(",", "+")
-    out = Path(out_dir) if out_dir is not None else (
-        ctx.settings.home / "models" / f"{folder}-{variant}-seed{seed}")
+    # rank 0 chooses the folder (new per run by default; one holding a checkpoint is refused
+    # unless resumed) and the new run's id, which the default folder names
+    new_run_id, out = on_rank0(dist, lambda: output_folder(
+        ctx, out_dir, f"{folder}-{variant}-seed{seed}", resume=resume))
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -247,7 +309,8 @@ def train_model(
                                 .order_by(TrainingRun.started_at.desc())).first()
             if run is None:
                 run = TrainingRun(
-                    dataset_id=ds.id, class_label=class_label, profile=p.name, seed=seed,
+                    id=new_run_id, dataset_id=ds.id, class_label=class_label, profile=p.name,
+                    seed=seed,
                     config=p.model_dump(mode="json"), out_dir=str(out),
                     provenance=provenance(seed=seed, model=p.model.backbone,
                                           n_train=int(len(ti)), n_val=int(len(vi)),

@@ -31,10 +31,15 @@ def register(app: typer.Typer) -> None:
             None, help="β schedule: linear | cosine. Default: the profile's (linear)."),
         prediction: str | None = typer.Option(
             None, help="Network target: epsilon | v. Default: the profile's (epsilon)."),
-        out: Path | None = typer.Option(None, help="Output folder (checkpoint, loss curve)."),
+        out: Path | None = typer.Option(
+            None, help="Output folder (checkpoint, loss curve); one that already holds a "
+            "checkpoint is refused unless --resume. Default: a new folder per training run, "
+            "$SONOAUDIT_HOME/models/<class>-<profile>[-<variant>]-seed<seed>-<run id>."),
         seed: int = typer.Option(0, min=0, help="Seed of weights, batches, noise."),
         steps: int | None = typer.Option(None, min=1, help="Override the profile's step count."),
-        resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
+        resume: bool = typer.Option(
+            False, help="Continue the run whose checkpoint is in --out (no --out: the newest "
+            "default folder of this class, profile, variant and seed)."),
         threads: int | None = typer.Option(None, min=1, help="torch CPU threads."),
     ) -> None:
         """Train a joint image+mask DDPM: one per class, or one class-conditional model
