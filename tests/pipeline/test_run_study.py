@@ -53,7 +53,7 @@ name: tiny
 data: {phantom: {n_per_class: 6, size: 64, seed: 0}}
 train: {profile: quick, steps: 2}
 generate: {n: 3, sampler: ddim, steps: 3}
-study: {n_real_per_class: 3, n_synthetic_per_class: 3, readers: [dr-a],
+study: {n_real_per_class: 3, n_synthetic_per_class: 3, readers: [dr-a], n_repeats: 4,
         simulate_panel: {n_readers: 3, accuracy: 0.8}}
 report: {bootstrap: 200}
 """
@@ -100,7 +100,10 @@ def test_every_step_runs_and_report_is_labelled(tiny_run: tuple[Path, Path, str]
         assert "<table" in body[computed], computed  # a simulated panel answered every item
     for pictured in ("memorisation", "images"):
         assert "<img" in body[pictured], pictured
-    assert "no repeated items" in body["intra"] and "<pre>" in body["provenance"]
+    # n_repeats: 4 -> every simulated reader read 4 items twice; the section has its table
+    assert state["steps"]["study"]["n_repeats"] == 4
+    assert "<table" in body["intra"] and "pooled" in body["intra"]
+    assert "<pre>" in body["provenance"]
     assert f"report: {out / 'report'}" in output
     links = (out / "reader-links.txt").read_text()
     assert "dr-a: http://127.0.0.1:8000/study/r/" in links

@@ -64,6 +64,8 @@ class StudyConfig(_Cfg):
         "SONOAUDIT_RATERS_URL in distributed mode, http://127.0.0.1:8000 (`sonoaudit serve "
         "raters`) in embedded mode.")
     seed: int = 0
+    n_repeats: int = Field(
+        default=0, ge=0, description="Items shown twice to every reader (intra-reader agreement).")
     simulate_panel: SimulatedPanel | None = Field(
         default=None, description="Demo only: fill answers from a simulated panel (labelled).")
 

@@ -180,7 +180,7 @@ class DistributedTransport:
         return {"n_results": len(rows), "status_counts": counts, "job_id": job["job_id"]}
 
     def create_study(self, name: str, real_ids: list[str], synthetic_ids: list[str],
-                     seed: int) -> StudyHandle:
+                     seed: int, n_repeats: int = 0) -> StudyHandle:
         from sonoaudit_raters.study.settings import StudySettings
 
         creator = StudySettings().creator_token
@@ -190,7 +190,8 @@ class DistributedTransport:
         _, body = self._call("POST", "raters", "/study/admin/studies", ok=(201,),
                              token=creator.get_secret_value(), json={
                                  "name": name, "real_image_ids": real_ids,
-                                 "synthetic_image_ids": synthetic_ids, "seed": seed})
+                                 "synthetic_image_ids": synthetic_ids, "seed": seed,
+                                 "config": {"n_repeats": n_repeats}})
         self._admin_tokens[body["study_id"]] = body["admin_token"]
         return StudyHandle(str(body["study_id"]), str(body["admin_token"]))
 

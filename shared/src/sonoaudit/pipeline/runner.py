@@ -323,7 +323,8 @@ class Pipeline:
                 self.echo(f"    {links_file} is missing: earlier readers keep the links they "
                           "were sent")
         else:
-            handle = self.t.create_study(self.cfg.name, real, synthetic, sc.seed)
+            handle = self.t.create_study(self.cfg.name, real, synthetic, sc.seed,
+                                         n_repeats=sc.n_repeats)
             have = set()
         links = []
         for reader in sc.readers:
@@ -350,6 +351,7 @@ class Pipeline:
         for line in links:
             self.echo(f"    reader link — {line}")
         return {"study_id": handle.study_id, "n_real": len(real), "n_synthetic": len(synthetic),
+                "n_repeats": sc.n_repeats,
                 "readers": sc.readers, "simulated_readers": len(simulated), "panel": panel,
                 "links_file": str(links_file)}
 
@@ -359,7 +361,8 @@ class Pipeline:
         prev = self._previous.get("study")
         before = (prev.output or {}) if prev is not None else {}
         study_id = before.get("study_id")
-        if not study_id or before.get("panel") != panel:
+        if not study_id or before.get("panel") != panel or \
+                before.get("n_repeats", 0) != self.cfg.study.n_repeats:
             return None
         with self.ctx.sessions() as s:
             study = s.get(Study, study_id)

@@ -31,7 +31,7 @@ class Transport(Protocol):
     def classify(self, image_ids: list[str], backend: str | None, condition: str,
                  replicates: int) -> dict[str, Any]: ...
     def create_study(self, name: str, real_ids: list[str], synthetic_ids: list[str],
-                     seed: int) -> StudyHandle: ...
+                     seed: int, n_repeats: int = 0) -> StudyHandle: ...
     def attach_study(self, handle: StudyHandle) -> None: ...
     def add_reader(self, study_id: str, name: str, simulated: bool = False) -> str: ...
     def simulate_panel(self, study_id: str, n_readers: int, accuracy: float,
@@ -95,10 +95,11 @@ class EmbeddedTransport:
         return {"n_results": len(rows), "status_counts": counts}
 
     def create_study(self, name: str, real_ids: list[str], synthetic_ids: list[str],
-                     seed: int) -> StudyHandle:
+                     seed: int, n_repeats: int = 0) -> StudyHandle:
         from sonoaudit_raters.study.setup import create_study
 
-        study, token = create_study(self.ctx, name, real_ids, synthetic_ids, seed=seed)
+        study, token = create_study(self.ctx, name, real_ids, synthetic_ids, seed=seed,
+                                    n_repeats=n_repeats)
         return StudyHandle(study.id, token)
 
     def attach_study(self, handle: StudyHandle) -> None:
