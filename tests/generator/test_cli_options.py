@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,30 @@ def test_a_file_as_out_is_refused_naming_it(tiny_checkpoint: Path, busbra_sample
         assert "FileExistsError" not in res.output and "Traceback" not in res.output
         assert taken.read_text() == "keep me"
     assert _count(home, GenerationRun) == 0 and _count(home, TrainingRun) == 0
+
+
+def _words(text: str) -> str:
+    """Help text without rich's box and line wrapping."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def test_train_help_names_the_tiny_profile_and_the_default_folders() -> None:
+    res = CliRunner().invoke(app, ["train", "--help"])
+    assert res.exit_code == 0, res.output
+    words = _words(res.output)
+    assert ("quick (64px, CPU) | paper (128px, GPU) | tiny (16px, 6 steps, seconds on a CPU: "
+            "for tests and smoke checks only)") in words
+    assert ("a new folder per training run (named by class, profile, variant, seed, run id) "
+            "in models/ under $SONOAUDIT_HOME") in words
+    res = CliRunner().invoke(app, ["generate", "--help"])
+    assert "Default: $SONOAUDIT_HOME/generated/<run id>" in _words(res.output)
+
+
+def test_generator_docs_name_tiny_and_sonoaudit_home() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "generator.md").read_text()
+    assert "[--profile quick|paper|tiny]" in doc
+    assert "| `tiny` | 16 | 8,16 / 3,2 (T = 100) | 4 | 6 | tests and smoke checks" in doc
+    assert "~/.sonoaudit/models" not in doc and "~/.sonoaudit/generated" not in doc
+    assert "`$SONOAUDIT_HOME/models/<class>-<profile>[-<variant>]-seed<seed>-<run id>`" in doc
+    assert "`$SONOAUDIT_HOME/generated/<run id>`" in doc
+    assert "default `~/.sonoaudit`" in doc

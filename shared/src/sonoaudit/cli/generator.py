@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
         class_label: str = typer.Option(
             ..., "--class", help="benign | malignant: one model per class (the study's); all "
             "(or a comma list, benign,malignant): one class-conditional model on those classes."),
-        profile: str = typer.Option("quick", help="quick (64px, CPU) | paper (128px, GPU)."),
+        profile: str = typer.Option(
+            "quick", help="quick (64px, CPU) | paper (128px, GPU) | tiny (16px, 6 steps, "
+            "seconds on a CPU: for tests and smoke checks only)."),
         backbone: str | None = typer.Option(
             None, help="rsu (the D-DDPM's RSU U-Net) | diffusers (UNet2DModel baseline). "
             "Default: the profile's (rsu)."),
@@ -33,8 +35,8 @@ def register(app: typer.Typer) -> None:
             None, help="Network target: epsilon | v. Default: the profile's (epsilon)."),
         out: Path | None = typer.Option(
             None, help="Output folder (checkpoint, loss curve); one that already holds a "
-            "checkpoint is refused unless --resume. Default: a new folder per training run, "
-            "$SONOAUDIT_HOME/models/<class>-<profile>[-<variant>]-seed<seed>-<run id>."),
+            "checkpoint is refused unless --resume. Default: a new folder per training run "
+            "(named by class, profile, variant, seed, run id) in models/ under $SONOAUDIT_HOME."),
         seed: int = typer.Option(0, min=0, help="Seed of weights, batches, noise."),
         steps: int | None = typer.Option(None, min=1, help="Override the profile's step count."),
         resume: bool = typer.Option(
