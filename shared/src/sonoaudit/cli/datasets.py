@@ -14,7 +14,8 @@ def _print_scan(summary: dict[str, Any]) -> None:
     phantom = "  [PHANTOM DATA: synthetic, not patients]" if summary["is_phantom"] else ""
     typer.echo(f"{summary['root']}: {summary['format']}{phantom}")
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items()) or "none"
-    typer.echo(f"  usable images: {summary['n_images']} ({counts}); cases: {summary['n_cases']}")
+    typer.echo(f"  usable images: {summary['n_images']} of {summary['n_images_checked']} checked "
+               f"({counts}); cases: {summary['n_cases']}")
     problems = summary["problems"]
     if problems:
         typer.echo(f"  {len(problems)} problem(s):")

@@ -46,6 +46,9 @@ class DatasetScan:
     records: list[ImageRecord]
     problems: list[Problem]
     is_phantom: bool = False
+    # Images checked file by file (the layout paired them with labels and masks), with
+    # problems or not; ``records`` holds only those that passed every check.
+    n_images_checked: int | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -76,6 +79,8 @@ class DatasetScan:
             "root": str(self.root),
             "is_phantom": self.is_phantom,
             "n_images": len(self.records),
+            "n_images_checked": (len(self.records) if self.n_images_checked is None
+                               else self.n_images_checked),
             "counts": self.counts,
             "classes": self.classes,
             "n_cases": self.n_cases,

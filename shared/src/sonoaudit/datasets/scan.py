@@ -70,4 +70,11 @@ def scan(path: Path | str, *, format: str | None = None, progress: bool = False)
             problems.append(Problem(str(rec.image_path), (
                 f"image is {rec.width}x{rec.height} but {rec.meta.get('labels_file')} line "
                 f"{rec.meta.get('labels_line')} says {declared[0]}x{declared[1]}")))
-    return DatasetScan(fmt, data_root, records, problems, is_phantom=result.is_phantom)
+    # Counts cover the images that passed the checks: an image is left out when a problem
+    # names it or one of its masks (a stray file, a missing image or a bad labels row names
+    # no listed image, so it leaves the counts alone).
+    flagged = {p.path for p in problems}
+    clean = [r for r in records if str(r.image_path) not in flagged
+             and not any(str(m) in flagged for m in r.mask_paths)]
+    return DatasetScan(fmt, data_root, clean, problems, is_phantom=result.is_phantom,
+                       n_images_checked=len(result.records))
