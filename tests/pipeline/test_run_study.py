@@ -51,7 +51,7 @@ def _sections(html: str) -> dict[str, str]:
 TINY = """
 name: tiny
 data: {phantom: {n_per_class: 6, size: 64, seed: 0}}
-train: {profile: quick, steps: 2}
+train: {profile: quick, steps: 2, prediction: v}
 generate: {n: 3, sampler: ddim, steps: 3}
 study: {n_real_per_class: 3, n_synthetic_per_class: 3, readers: [dr-a], n_repeats: 4,
         simulate_panel: {n_readers: 3, accuracy: 0.8}}
@@ -82,6 +82,10 @@ def test_every_step_runs_and_report_is_labelled(tiny_run: tuple[Path, Path, str]
     state = json.loads((out / "pipeline.json").read_text())
     assert set(state["steps"]) == set(STEPS)
     assert set(state["steps"]["train"]["models"]) == {"benign", "malignant"}
+    for cls in ("benign", "malignant"):  # train.prediction reached the trained models
+        (cfg_json,) = (out / "models" / cls).glob("*/checkpoint/config.json")
+        assert json.loads(cfg_json.read_text())["profile"]["schedule"]["prediction_type"] == \
+            "v_prediction"
     assert state["steps"]["import"]["phantom"] is True
     assert state["steps"]["study"]["n_real"] == 6 and state["steps"]["study"]["n_synthetic"] == 6
     assert "GEMINI_API_KEY" in state["steps"]["classify"]["not_run"]

@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sonoaudit.messages.payloads import Backbone, BetaSchedule, Prediction
+
 
 class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -29,6 +31,15 @@ class TrainConfig(_Cfg):
     profile: Literal["quick", "paper"] = "quick"
     steps: int | None = Field(default=None, ge=1, description="Override the profile's steps.")
     seed: int = 0
+    # None = the profile's (sonoaudit train --backbone/--schedule/--prediction)
+    backbone: Backbone | None = None
+    schedule: BetaSchedule | None = None
+    prediction: Prediction | None = None
+
+    def options(self) -> dict[str, str]:
+        """The settings that override the profile's, as train_model / POST /train take them."""
+        return {k: v for k in ("backbone", "schedule", "prediction")
+                if (v := getattr(self, k)) is not None}
 
 
 class GenerateConfig(_Cfg):

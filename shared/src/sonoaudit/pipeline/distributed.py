@@ -130,11 +130,12 @@ class DistributedTransport:
         return import_dataset(self.ctx, path).id
 
     def train(self, dataset_id: str, class_label: str, profile: str, seed: int,
-              steps: int | None, out_dir: Path) -> str:
+              steps: int | None, out_dir: Path,
+              options: dict[str, str] | None = None) -> str:
         # out_dir is the embedded transport's; the generator trains into its own volume.
         _, job = self._call("POST", "generator", "/train", ok=(202,), json={
             "dataset_id": dataset_id, "class_label": class_label, "profile": profile,
-            "seed": seed, "steps": steps})
+            "seed": seed, "steps": steps, **(options or {})})
         view = self._wait("generator", f"/train/jobs/{job['job_id']}",
                           f"train {class_label} (job {job['job_id']})")
         return str(view["result"]["model_id"])

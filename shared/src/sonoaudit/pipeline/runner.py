@@ -237,7 +237,7 @@ class Pipeline:
         for cls in self.cfg.classes:
             self.echo(f"    training the {cls} model ({tc.profile} profile)")
             models[cls] = self.t.train(dataset_id, cls, tc.profile, tc.seed, tc.steps,
-                                       self._model_dir(dataset_id, cls))
+                                       self._model_dir(dataset_id, cls), tc.options())
         return {"models": models}
 
     def _model_dir(self, dataset_id: str, cls: str) -> Path:
@@ -246,7 +246,7 @@ class Pipeline:
         on) a checkpoint made from other inputs."""
         tc = self.cfg.train
         key = _hash({"dataset_id": dataset_id, "class": cls, "profile": tc.profile,
-                     "steps": tc.steps, "seed": tc.seed})[:16]
+                     "steps": tc.steps, "seed": tc.seed, **tc.options()})[:16]
         return self.out / "models" / cls / key
 
     def step_generate(self, outs: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,8 @@ class Transport(Protocol):
 
     def import_dataset(self, path: Path) -> str: ...
     def train(self, dataset_id: str, class_label: str, profile: str, seed: int,
-              steps: int | None, out_dir: Path) -> str: ...
+              steps: int | None, out_dir: Path,
+              options: dict[str, str] | None = None) -> str: ...
     def generate(self, model_id: str, n: int, sampler: str, steps: int | None, seed: int,
                  out_dir: Path) -> str: ...
     def metrics(self, real_ref: str, synthetic_ref: str, class_label: str | None) -> str: ...
@@ -53,17 +54,20 @@ class EmbeddedTransport:
         return import_dataset(self.ctx, path).id
 
     def train(self, dataset_id: str, class_label: str, profile: str, seed: int,
-              steps: int | None, out_dir: Path) -> str:
+              steps: int | None, out_dir: Path,
+              options: dict[str, str] | None = None) -> str:
         from sonoaudit_generator.checkpoint import has_checkpoint
         from sonoaudit_generator.store_training import train_model
 
         # An interrupted earlier run left a checkpoint: continue it rather than start over.
         # out_dir is keyed by the training inputs (Pipeline._model_dir), so the checkpoint there
         # was made from the same dataset, class, profile, steps and seed.
+        opts = options or {}
         # has_checkpoint also repairs a save interrupted between its two renames.
         resume = has_checkpoint(out_dir / "checkpoint")
         model = train_model(self.ctx, dataset_id, class_label, profile, out_dir, seed,
-                            steps=steps, resume=resume)
+                            steps=steps, resume=resume, backbone=opts.get("backbone"),
+                            schedule=opts.get("schedule"), prediction=opts.get("prediction"))
         if model is None:
             raise RuntimeError(f"training of the {class_label} model did not finish")
         return model.id
