@@ -229,3 +229,24 @@ def test_rerun_follows_answers_and_llm_and_keeps_the_study(
                                                                "confidence": "60"}
     finally:
         ctx.close()
+
+
+@pytest.mark.slow
+def test_regenerating_with_other_settings_never_mixes_pairs(tmp_path: Path) -> None:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "run"
+    _rerun(cfg, out)
+    first = json.loads((out / "pipeline.json").read_text())["steps"]["generate"]
+    cfg.write_text(TINY.replace("generate: {n: 3,", "generate: {n: 2,"))
+    _rerun(cfg, out, "--from", "generate")
+    second = json.loads((out / "pipeline.json").read_text())["steps"]["generate"]
+    for cls in ("benign", "malignant"):
+        folders = sorted((out / "synthetic" / cls).iterdir())
+        assert len(folders) == 2  # one per generation settings, each holding only its own pairs
+        counts = sorted(len(list(f.glob("*_image.png"))) for f in folders)
+        assert counts == [2, 3]
+        for f in folders:
+            manifest = json.loads((f / "manifest.json").read_text())
+            assert len(manifest["samples"]) == len(list(f.glob("*_image.png")))
+    assert first != second

@@ -254,8 +254,12 @@ class Pipeline:
         runs = {}
         for cls, model_id in outs["train"]["models"].items():
             self.echo(f"    generating {g.n} {cls} pairs ({g.sampler}, {g.steps} steps)")
+            # a folder per generation inputs: a forced re-run with other settings (fewer
+            # samples) never leaves an earlier run's pairs beside its own
+            key = _hash({"model_id": model_id, "n": g.n, "sampler": g.sampler,
+                         "steps": g.steps, "seed": g.seed})[:16]
             runs[cls] = self.t.generate(model_id, g.n, g.sampler, g.steps, g.seed,
-                                        self.out / "synthetic" / cls)
+                                        self.out / "synthetic" / cls / key)
         return {"runs": runs}
 
     def step_metrics(self, outs: dict[str, Any]) -> dict[str, Any]:
