@@ -22,6 +22,14 @@ from sonoaudit.settings import Settings
 pytestmark = pytest.mark.integration
 
 
+async def _publish(nats_server: str, job_id: str, model_id: str) -> None:
+    bus = Bus(nats_server)
+    await bus.connect(attempts=3, wait_s=0.2)
+    await bus.publish(subject("generate", "request"), make_envelope(
+        "generate.request", GenerateRequest(job_id=job_id, model_id=model_id, n=1, steps=1)))
+    await bus.close()
+
+
 def test_poison_message_visible_through_api(nats_server: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
@@ -43,19 +51,12 @@ def test_poison_message_visible_through_api(nats_server: str, tmp_path: Path) ->
     runtime.add_worker(worker)
     app = base_app("test", runtime.lifespan(), runtime.ready)
 
-    async def publish() -> None:
-        bus = Bus(nats_server)
-        await bus.connect(attempts=3, wait_s=0.2)
-        await bus.publish(subject("generate", "request"), make_envelope(
-            "generate.request", GenerateRequest(job_id="poison-1", model_id="nope", n=1, steps=1)))
-        await bus.close()
-
     with TestClient(app) as client:
         deadline = time.monotonic() + 20
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert client.get("/readyz").json()["checks"] == {"database": True, "nats": True}
-        asyncio.run(publish())
+        asyncio.run(_publish(nats_server, "poison-1", "nope"))
         letters: list[dict[str, Any]] = []
         while not letters and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -91,19 +92,11 @@ def test_crashed_worker_is_restarted_and_consumes(nats_server: str, tmp_path: Pa
     runtime.add_worker(worker)
     app = base_app("test", runtime.lifespan(), runtime.ready)
 
-    async def publish() -> None:
-        bus = Bus(nats_server)
-        await bus.connect(attempts=3, wait_s=0.2)
-        await bus.publish(subject("generate", "request"), make_envelope(
-            "generate.request", GenerateRequest(job_id="after-crash", model_id="m", n=1,
-                                                steps=1)))
-        await bus.close()
-
     with TestClient(app) as client:
         deadline = time.monotonic() + 20
         while not starts and time.monotonic() < deadline:
             time.sleep(0.1)
-        asyncio.run(publish())
+        asyncio.run(_publish(nats_server, "after-crash", "m"))
         while not handled and time.monotonic() < deadline:
             time.sleep(0.1)
         assert client.get("/readyz").status_code == 200

@@ -29,3 +29,12 @@ def sqlite_ctx(tmp_path: Path, sqlite_url: str) -> Iterator[AppContext]:
     ctx = build_context(Settings(home=tmp_path / "home", database_url=sqlite_url))
     yield ctx
     ctx.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """SONOAUDIT_HOME for CLI tests: an embedded SQLite store of the test's own."""
+    for var in ("SONOAUDIT_DATABASE_URL", "SONOAUDIT_NATS_URL", "SONOAUDIT_STORE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SONOAUDIT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"

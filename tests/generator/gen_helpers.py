@@ -77,3 +77,17 @@ def conditional_checkpoint(out: Path) -> Path:
                      val_labels=torch.tensor([0, 1]), class_names=["benign", "malignant"])
     perturbed(res.checkpoint, scale=0.1)
     return res.checkpoint
+
+
+def row_count(home: Path, table: type) -> int:
+    """Rows of ``table`` in the embedded store under ``home``."""
+    from sonoaudit.context import build_context
+    from sonoaudit.settings import Settings
+    from sqlalchemy import func, select
+
+    ctx = build_context(Settings(home=home))
+    try:
+        with ctx.sessions() as s:
+            return int(s.scalar(select(func.count()).select_from(table)) or 0)
+    finally:
+        ctx.close()

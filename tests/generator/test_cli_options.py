@@ -8,29 +8,12 @@ from pathlib import Path
 
 import pytest
 from gen_helpers import register_model
+from gen_helpers import row_count as _count
 from sonoaudit.cli.main import app
 from sonoaudit.context import build_context
 from sonoaudit.db.models import GenerationRun, TrainingRun
 from sonoaudit.settings import Settings
-from sqlalchemy import func, select
 from typer.testing import CliRunner
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in ("SONOAUDIT_DATABASE_URL", "SONOAUDIT_NATS_URL", "SONOAUDIT_STORE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("SONOAUDIT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
-def _count(home: Path, table: type) -> int:
-    ctx = build_context(Settings(home=home))
-    try:
-        with ctx.sessions() as s:
-            return int(s.scalar(select(func.count()).select_from(table)) or 0)
-    finally:
-        ctx.close()
 
 
 def _refused(output: str, option: str) -> None:

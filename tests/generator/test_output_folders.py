@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from gen_helpers import register_model
+from gen_helpers import row_count as _count
 from sonoaudit.cli.main import app
 from sonoaudit.context import AppContext, build_context
 from sonoaudit.db.models import GenerationRun, Image, Job, Model, TrainingRun
@@ -23,29 +24,12 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in ("SONOAUDIT_DATABASE_URL", "SONOAUDIT_NATS_URL", "SONOAUDIT_STORE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("SONOAUDIT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def _json(stdout: str) -> Any:
     return json.loads(stdout[stdout.index("{"):])  # progress bars go to stderr
 
 
 def _tree(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-def _count(home: Path, table: type) -> int:
-    ctx = build_context(Settings(home=home))
-    try:
-        with ctx.sessions() as s:
-            return int(s.scalar(select(func.count()).select_from(table)) or 0)
-    finally:
-        ctx.close()
 
 
 GEN = ["--sampler", "ddim", "--steps", "2", "--threads", "1"]

@@ -123,16 +123,8 @@ def _json(stdout: str) -> Any:
     return json.loads(stdout[stdout.index("{"):])
 
 
-@pytest.fixture
-def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in ("SONOAUDIT_DATABASE_URL", "SONOAUDIT_NATS_URL", "SONOAUDIT_STORE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("SONOAUDIT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def test_cli_train_with_diffusers_cosine_v_records_it_and_resume_refuses_others(
-        tmp_path: Path, busbra_sample: Path, cli_home: Path) -> None:
+        tmp_path: Path, busbra_sample: Path, home: Path) -> None:
     base = ["train", "--data", str(busbra_sample), "--class", "malignant", "--profile", "tiny",
             "--threads", "1", "--steps", "2"]
     res = CliRunner().invoke(app, [*base, "--backbone", "diffusers", "--schedule", "cosine",
@@ -143,14 +135,14 @@ def test_cli_train_with_diffusers_cosine_v_records_it_and_resume_refuses_others(
     # default folder names the variant (and the run: a new folder per training run), so the
     # rsu/linear/epsilon model is not overwritten
     folder = Path(out["checkpoint"]).parent
-    assert folder.parent == (cli_home / "models").resolve()
+    assert folder.parent == (home / "models").resolve()
     assert re.fullmatch(r"malignant-tiny-diffusers-cosine-v-seed0-[0-9a-f]{8}", folder.name)
     ck = load_checkpoint(folder / "checkpoint")
     assert (ck.profile.model.backbone, ck.profile.schedule.beta_schedule,
             ck.profile.schedule.prediction_type) == ("unet2d", "cosine", "v_prediction")
     assert (ck.meta["backbone"], ck.meta["schedule"], ck.meta["prediction"]) == \
         ("diffusers", "cosine", "v")
-    ctx = build_context(Settings(home=cli_home))
+    ctx = build_context(Settings(home=home))
     with ctx.sessions() as s:
         model = s.get_one(Model, out["model_id"])
         run = s.get_one(TrainingRun, model.training_run_id)
@@ -170,13 +162,13 @@ def test_cli_train_with_diffusers_cosine_v_records_it_and_resume_refuses_others(
 
 @pytest.mark.parametrize(("flag", "value"), [("--backbone", "unet"), ("--schedule", "sigmoid"),
                                              ("--prediction", "x0")])
-def test_cli_train_refuses_unknown_choices(busbra_sample: Path, cli_home: Path, flag: str,
+def test_cli_train_refuses_unknown_choices(busbra_sample: Path, home: Path, flag: str,
                                            value: str) -> None:
     res = CliRunner().invoke(app, ["train", "--data", str(busbra_sample), "--class", "benign",
                                    "--profile", "tiny", flag, value])
     assert res.exit_code == 2
     assert f"{flag} {value!r}: expected one of" in res.output
-    assert not (cli_home / "models").exists()
+    assert not (home / "models").exists()
 
 
 def test_train_payload_validates_the_choices() -> None:
