@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +51,20 @@ def truncated_dataset(root: Path, n_per_class: int = 3) -> tuple[Path, Path]:
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
     return root, bad
+
+
+def busbra_dataset_of(src: Path, dst: Path, keep: Callable[[int, dict[str, str]], bool]) -> Path:
+    """The BUS-BRA images whose bus_data.csv rows ``keep(index, row)`` accepts (files and rows)
+    as a dataset of the official layout at ``dst``."""
+    with (src / "bus_data.csv").open() as fh:
+        rows = [r for i, r in enumerate(csv.DictReader(fh)) if keep(i, r)]
+    (dst / "Images").mkdir(parents=True)
+    (dst / "Masks").mkdir()
+    for r in rows:
+        shutil.copy(src / "Images" / f"{r['ID']}.png", dst / "Images")
+        shutil.copy(src / "Masks" / f"mask_{r['ID'][4:]}.png", dst / "Masks")
+    with (dst / "bus_data.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return dst

@@ -5,14 +5,12 @@ score clearly worse; a memorised training image planted among them, as a model w
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from metrics_helpers import write_pairs
+from metrics_helpers import busbra_dataset_of, write_pairs
 from sonoaudit.cli.main import app
 from sonoaudit.datasets.pairs import preprocess
 from sonoaudit.datasets.phantom import write_phantom
@@ -31,18 +29,7 @@ def run_cli(home: Path, real: Path, synthetic: Path) -> dict[str, Any]:
 
 def busbra_cases(src: Path, dst: Path, cases: set[int]) -> Path:
     """The BUS-BRA images of the given patients (files and bus_data.csv rows) as a dataset."""
-    with (src / "bus_data.csv").open() as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["Case"]) in cases]
-    (dst / "Images").mkdir(parents=True)
-    (dst / "Masks").mkdir()
-    for r in rows:
-        shutil.copy(src / "Images" / f"{r['ID']}.png", dst / "Images")
-        shutil.copy(src / "Masks" / f"mask_{r['ID'][4:]}.png", dst / "Masks")
-    with (dst / "bus_data.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return dst
+    return busbra_dataset_of(src, dst, lambda _, r: int(r["Case"]) in cases)
 
 
 @pytest.mark.slow

@@ -3,13 +3,11 @@ the synthetic images (what the model trained on and emits), recorded in the prov
 
 from __future__ import annotations
 
-import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from metrics_helpers import speckle_sample, write_pairs
+from metrics_helpers import busbra_dataset_of, speckle_sample, write_pairs
 from sonoaudit.context import build_context
 from sonoaudit.datasets import import_dataset
 from sonoaudit.datasets.pairs import load_pair, preprocess
@@ -23,18 +21,7 @@ from sonoaudit_metrics.samples import ImageSample
 
 def busbra_subset(src: Path, dst: Path, n: int) -> Path:
     """The first ``n`` BUS-BRA images (with masks and their bus_data.csv rows) as a dataset."""
-    with (src / "bus_data.csv").open() as fh:
-        rows = list(csv.DictReader(fh))[:n]
-    (dst / "Images").mkdir(parents=True)
-    (dst / "Masks").mkdir()
-    for r in rows:
-        shutil.copy(src / "Images" / f"{r['ID']}.png", dst / "Images")
-        shutil.copy(src / "Masks" / f"mask_{r['ID'][4:]}.png", dst / "Masks")
-    with (dst / "bus_data.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return dst
+    return busbra_dataset_of(src, dst, lambda i, _: i < n)
 
 
 def model_output_like(real_dir: Path, size: int, planted: int) -> list[ImageSample]:

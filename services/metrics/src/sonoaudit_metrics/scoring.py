@@ -123,8 +123,8 @@ def _block(real: Sequence[ImageSample], syn: Sequence[ImageSample], fr: np.ndarr
     out["kid"] = _guard(lambda: kid(fr, fs, subsets=opts.kid_subsets, seed=opts.seed), "KID")
     out["is"] = _guard(lambda: _is(fs, opts), "IS")
     out["frd"] = _unavailable(
-        "FRD (Fréchet Radiomic Distance) needs frd-score and pyradiomics-bhklab, which are not "
-        "installed in this environment")
+        "FRD (Fréchet Radiomic Distance, optional) is not computed by this version: it needs "
+        "frd-score and pyradiomics-bhklab, which sonoaudit does not install or call yet")
     out["prdc"] = _guard(lambda: prdc(fr, fs, k=5), "precision/recall/density/coverage")
     out["memorisation"] = _guard(lambda: memorisation(
         real, syn, fr, fs, ssim_threshold=opts.ssim_threshold,
