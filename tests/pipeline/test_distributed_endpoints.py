@@ -18,6 +18,16 @@ from sonoaudit.settings import Settings
 from sqlalchemy import func, select
 
 
+def _ready(client: TestClient) -> TestClient:
+    """Wait for /readyz: the service connects to its database in the background, and a request
+    before that answers 503 (not ready), not the status under test."""
+    deadline = time.monotonic() + 30
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").text
+        time.sleep(0.05)
+    return client
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[tuple[Settings, AppContext, str]]:
     settings = Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'db.sqlite'}")
@@ -33,6 +43,7 @@ def test_train_rejects_bad_input_and_trains_in_process(
 
     settings, ctx, ds = store
     with TestClient(create_app(settings)) as client:
+        _ready(client)
         for body, field in (({"dataset_id": "nope", "class_label": "benign"}, "dataset_id"),
                             ({"dataset_id": ds, "class_label": "normal"}, "class_label"),
                             ({"dataset_id": ds, "class_label": "benign", "profile": "huge"},
@@ -71,6 +82,7 @@ def test_simulate_panel_needs_the_admin_token(store: tuple[Settings, AppContext,
     study, admin = create_study(ctx, "panel", real, [], seed=0)
     url = f"/study/admin/{study.id}/simulate-panel"
     with TestClient(create_app(settings)) as client:
+        _ready(client)
         assert client.post(url, json={"n_readers": 2}).status_code == 403
         assert client.post(url, json={"n_readers": 2},
                            headers={"Authorization": "Bearer wrong"}).status_code == 403
@@ -101,6 +113,7 @@ def test_backend_status_says_why(store: tuple[Settings, AppContext, str],
         monkeypatch.delenv(key, raising=False)
     settings, _, _ = store
     with TestClient(create_app(settings, ClassifierSettings())) as client:
+        _ready(client)
         body = client.get("/classify/backend-status").json()
         assert body == {"backend": "gemini", "ready": False,
                         "problem": "no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)"}
@@ -110,4 +123,5 @@ def test_backend_status_says_why(store: tuple[Settings, AppContext, str],
         assert body["ready"] is False and "nope" in body["problem"]
     monkeypatch.setenv("GEMINI_API_KEY", "k")
     with TestClient(create_app(settings, ClassifierSettings())) as client:
+        _ready(client)
         assert client.get("/classify/backend-status").json()["ready"] is True
